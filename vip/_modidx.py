@@ -24,6 +24,7 @@ d = { 'settings': { 'branch': 'main',
             'vip.core': { 'vip.core.VipError': ('core.html#viperror', 'vip/core.py'),
                           'vip.core._mps_available': ('core.html#_mps_available', 'vip/core.py'),
                           'vip.core.atomic_write': ('core.html#atomic_write', 'vip/core.py'),
+                          'vip.core.check_classes': ('core.html#check_classes', 'vip/core.py'),
                           'vip.core.get_device': ('core.html#get_device', 'vip/core.py'),
                           'vip.core.make_run_dir': ('core.html#make_run_dir', 'vip/core.py'),
                           'vip.core.seed_everything': ('core.html#seed_everything', 'vip/core.py')}}}
