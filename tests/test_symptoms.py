@@ -1,0 +1,387 @@
+"""Tests of the visual symptom generator (vip.symptoms) against a real HTTP server on 127.0.0.1.
+
+Every LLM scenario goes through the real `openai` client to `FakeLLMServer`, and ends in a valid symptom file or a
+one-line error with nothing partial on disk. No test needs a network.
+"""
+import json, os, re, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vip.core import VipError
+from vip.clip import TINY, encode_texts, load_clip
+from vip.symptoms import (Candidate, FakeLLMServer, LLMClient, check_symptoms, count_tokens, generate_symptoms,
+                          load_symptoms, main, parse_symptoms, read_symptom_file, refine_symptoms, save_symptoms)
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent/'shared'/'reference'   # the paper's files: read for tests only, never copied
+SAMPLES = ROOT/'data_samples'
+CLASSES = ['melanoma', 'nevus']
+
+
+@pytest.fixture
+def server():
+    with FakeLLMServer(hang_s=2.0) as s: yield s
+
+
+@pytest.fixture(autouse=True)
+def no_openai_env(monkeypatch):
+    "Tests never see the developer's real key or server."
+    monkeypatch.delenv('OPENAI_API_KEY', raising=False)
+    monkeypatch.delenv('OPENAI_BASE_URL', raising=False)
+
+
+def cli(capsys, *argv):
+    "Run `vip_symptoms` in-process: (exit code, stdout, stderr)."
+    try: code = main([str(a) for a in argv])
+    except SystemExit as e: code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def args(server, tmp_path, out='sym.json', *extra, timeout=2, retries=2):
+    base = ['--classes', *CLASSES, '--modality', 'dermoscopic image', '--model', 'fake-llm',
+            '--cache', tmp_path/'cache', '--clip', 'none', '--timeout', timeout, '--retries', retries,
+            '-o', tmp_path/out]
+    if server is not None: base += ['--base-url', server.base_url]
+    return base + list(extra)
+
+
+def assert_valid(path, n=4):
+    "A valid symptom file: vip's format, n symptoms per class, in class order, that loads back."
+    symptoms = load_symptoms(path, classes=CLASSES)
+    assert list(symptoms) == CLASSES and all(len(v) == n for v in symptoms.values())
+    _, meta = read_symptom_file(path)
+    assert meta['format'] == 'vip-symptoms' and meta['classes'] == CLASSES and meta['n'] == n
+    return symptoms
+
+
+def assert_nothing_partial(tmp_path, out='sym.json'):
+    "No output file and no temporary file anywhere under tmp_path."
+    assert not (tmp_path/out).exists()
+    leftovers = [p for p in tmp_path.rglob('*') if p.name.endswith('.tmp') or (p.is_file() and p.name.startswith('.'))]
+    assert leftovers == []
+
+
+def cached_entries(tmp_path): return sorted((tmp_path/'cache').rglob('*.json')) if (tmp_path/'cache').exists() else []
+
+
+def one_line_error(err, *words):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('vip_symptoms: error:'), err
+    assert 'Traceback' not in err
+    for w in words: assert w in err, (w, err)
+
+
+# ---------------------------------------------------------------- answer shapes
+@pytest.mark.parametrize('behaviour,template', [('bullets', 'qa'), ('numbered', 'qa'), ('json', 'visual'),
+                                                ('prose', 'visual'), ('bullets', 'looks-like')])
+def test_answer_shapes_give_a_valid_file(server, tmp_path, capsys, behaviour, template):
+    server.default = behaviour
+    code, out, err = cli(capsys, *args(server, tmp_path, 'sym.json', '--template', template))
+    assert code == 0, err
+    symptoms = assert_valid(tmp_path/'sym.json')
+    texts = [t for v in symptoms.values() for t in v]
+    assert not any(re.search(r'sure|doctor|here are|fever|patient', t, re.I) for t in texts)  # prose and non-visual gone
+    assert read_symptom_file(tmp_path/'sym.json')[1]['generate']['template']['name'] == template
+    assert server.requests == (18 if template == 'looks-like' else 2)
+
+
+def test_json_mode_falls_back_when_unsupported(tmp_path, capsys):
+    with FakeLLMServer(json_mode=False) as srv:
+        code, _, err = cli(capsys, *args(srv, tmp_path))
+        assert code == 0, err
+        assert_valid(tmp_path/'sym.json')
+        assert srv.requests == 3  # one 400 for response_format, then two plain requests
+        assert 'response_format' in srv.bodies[0] and all('response_format' not in b for b in srv.bodies[1:])
+
+
+# ---------------------------------------------------------------- failures that end in a clear error
+def test_empty_answer_is_a_clear_error_and_not_cached(server, tmp_path, capsys):
+    server.default = 'empty'
+    code, _, err = cli(capsys, *args(server, tmp_path))
+    assert code == 2
+    one_line_error(err, 'empty answer', '"melanoma"')
+    assert_nothing_partial(tmp_path)
+    assert cached_entries(tmp_path) == []
+
+
+def test_refusal_is_a_clear_error_and_not_cached(server, tmp_path, capsys):
+    server.push('json', 'refusal')  # the first class is answered, the second refused
+    code, _, err = cli(capsys, *args(server, tmp_path))
+    assert code == 2
+    one_line_error(err, 'refused to describe "nevus"', '--template')
+    assert_nothing_partial(tmp_path)
+    assert len(cached_entries(tmp_path)) == 1  # the good answer is kept for the next run; the refusal is not
+
+
+@pytest.mark.parametrize('status', ['429', '500'])
+def test_error_then_success_is_retried(server, tmp_path, capsys, status):
+    server.push(status)
+    code, _, err = cli(capsys, *args(server, tmp_path))
+    assert code == 0, err
+    assert_valid(tmp_path/'sym.json')
+    assert server.requests == 3  # 2 classes, one retried
+
+
+@pytest.mark.parametrize('status,words', [('429', ['429', 'rate limit']), ('500', ['answered 500'])])
+def test_persistent_error_is_a_clear_error(server, tmp_path, capsys, status, words):
+    server.default = status
+    code, _, err = cli(capsys, *args(server, tmp_path, retries=1))
+    assert code == 2
+    one_line_error(err, *words, '2 tries')
+    assert server.requests == 2
+    assert_nothing_partial(tmp_path)
+
+
+def test_hang_past_the_timeout_is_a_clear_error(server, tmp_path, capsys):
+    server.default = 'hang'
+    t0 = time.perf_counter()
+    code, _, err = cli(capsys, *args(server, tmp_path, timeout=1, retries=0))
+    assert code == 2 and time.perf_counter() - t0 < 10
+    one_line_error(err, 'did not answer within 1 s', '--timeout')
+    assert_nothing_partial(tmp_path)
+
+
+def test_hang_then_success_is_retried(server, tmp_path, capsys):
+    server.push('hang')
+    code, _, err = cli(capsys, *args(server, tmp_path, timeout=1, retries=1))
+    assert code == 0, err
+    assert_valid(tmp_path/'sym.json')
+    assert server.requests == 3
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path, capsys):
+    with FakeLLMServer() as srv: url = srv.base_url  # a port that was just freed
+    code, _, err = cli(capsys, *args(None, tmp_path, 'sym.json', '--base-url', url, timeout=1, retries=0))
+    assert code == 2
+    one_line_error(err, 'cannot reach the LLM server')
+    assert_nothing_partial(tmp_path)
+
+
+def test_missing_key_is_a_clear_error(tmp_path, capsys):
+    code, _, err = cli(capsys, *args(None, tmp_path))
+    assert code == 2
+    one_line_error(err, 'OPENAI_API_KEY is not set')
+
+
+def test_subprocess_prints_no_traceback(server, tmp_path):
+    server.default = 'empty'
+    argv = [str(a) for a in args(server, tmp_path)]
+    r = subprocess.run([sys.executable, '-c', 'import sys; from vip.symptoms import main; sys.exit(main())', *argv],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+    assert r.returncode == 2
+    one_line_error(r.stderr, 'empty answer')
+    assert_nothing_partial(tmp_path)
+
+
+# ---------------------------------------------------------------- cache and reproducibility
+def test_rerun_with_cache_makes_zero_requests_and_the_same_file(server, tmp_path, capsys):
+    extra = ['--clip', TINY]  # with refining by CLIP (random weights, seeded)
+    assert cli(capsys, *args(server, tmp_path, 'a.json', *extra))[0] == 0
+    first = server.requests
+    code, out, err = cli(capsys, *args(server, tmp_path, 'b.json', *extra))
+    assert code == 0, err
+    assert server.requests == first == 2 and '(0 requests, 2 answers from the cache)' in out
+    assert (tmp_path/'a.json').read_bytes() == (tmp_path/'b.json').read_bytes()
+    assert read_symptom_file(tmp_path/'a.json')[1]['refine']['clip'] == 'vip-tiny (random weights)'
+    server.stop()  # offline: no server at all, the same bytes again
+    code, out, err = cli(capsys, *args(None, tmp_path, 'c.json', *extra, '--offline'))
+    assert code == 0, err
+    assert (tmp_path/'a.json').read_bytes() == (tmp_path/'c.json').read_bytes()
+
+
+def test_offline_cache_miss_is_a_clear_error(tmp_path, capsys):
+    code, _, err = cli(capsys, *args(None, tmp_path, 'sym.json', '--offline'))
+    assert code == 2
+    one_line_error(err, 'no cached answer', 'offline')
+    assert_nothing_partial(tmp_path)
+
+
+def test_shipped_cache_replays_offline_like_a_live_run(server):
+    replay = LLMClient('fake-llm', cache_dir=SAMPLES/'llm_cache', offline=True)
+    live = LLMClient('fake-llm', base_url=server.base_url)
+    for classes, modality in ((['normal lung', 'pneumonia'], 'chest X-ray'), (CLASSES, 'dermoscopic image')):
+        assert generate_symptoms(classes, modality, client=replay) == generate_symptoms(classes, modality, client=live)
+    assert (replay.requests, replay.cache_hits, live.requests) == (0, 4, 4)
+
+
+def test_api_key_is_never_written(server, tmp_path, capsys, monkeypatch):
+    key = 'sk-test-' + 'k3y' * 12
+    monkeypatch.setenv('OPENAI_API_KEY', key)
+    assert cli(capsys, *args(server, tmp_path))[0] == 0
+    for p in tmp_path.rglob('*'):
+        if p.is_file(): assert key not in p.read_text() and 'k3yk3y' not in p.read_text()
+    assert key not in json.dumps(server.bodies)
+
+
+def test_openai_base_url_from_the_environment(server, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv('OPENAI_BASE_URL', server.base_url)
+    assert cli(capsys, *args(None, tmp_path))[0] == 0
+    assert server.requests == 2
+
+
+# ---------------------------------------------------------------- command line
+def test_existing_output_is_never_overwritten(server, tmp_path, capsys):
+    (tmp_path/'sym.json').write_text('keep me')
+    code, _, err = cli(capsys, *args(server, tmp_path))
+    assert code == 2 and server.requests == 0  # refused before asking anything
+    one_line_error(err, 'already exists', '--force')
+    assert (tmp_path/'sym.json').read_text() == 'keep me'
+    assert cli(capsys, *args(server, tmp_path, 'sym.json', '--force'))[0] == 0
+    assert_valid(tmp_path/'sym.json')
+
+
+@pytest.mark.parametrize('layout', ['splits', 'flat'])
+def test_classes_from_a_dataset_folder(server, tmp_path, capsys, layout):
+    for split in (['train', 'val', 'test'] if layout == 'splits' else ['']):
+        for c in CLASSES: (tmp_path/'data'/split/c).mkdir(parents=True); (tmp_path/'data'/split/c/'x.jpg').touch()
+    argv = args(server, tmp_path)
+    argv[argv.index('--classes'):argv.index('--classes') + 3] = ['--data', tmp_path/'data']
+    assert cli(capsys, *argv)[0] == 0
+    assert_valid(tmp_path/'sym.json')
+
+
+def test_dataset_folder_errors(tmp_path, capsys):
+    for split, classes in (('train', CLASSES), ('val', ['melanoma'])):
+        for c in classes: (tmp_path/'data'/split/c).mkdir(parents=True)
+    base = ['--modality', 'x', '-o', tmp_path/'sym.json', '--clip', 'none']
+    code, _, err = cli(capsys, '--data', tmp_path/'data', *base)
+    assert code == 2; one_line_error(err, 'val/ split')
+    code, _, err = cli(capsys, '--data', tmp_path/'nope', *base)
+    assert code == 2; one_line_error(err, 'not found')
+    code, _, err = cli(capsys, '--classes', 'a', '--data', tmp_path/'data', *base)
+    assert code == 2; one_line_error(err, 'not allowed with')
+
+
+def test_no_refine_keeps_the_first_n(server, tmp_path, capsys):
+    assert cli(capsys, *args(server, tmp_path, 'sym.json', '--no-refine', '-n', '3'))[0] == 0
+    symptoms = assert_valid(tmp_path/'sym.json', n=3)
+    assert symptoms['melanoma'] == parse_symptoms(json.dumps({'symptoms': server.answers['melanoma']}))[:3]
+    assert read_symptom_file(tmp_path/'sym.json')[1]['refine'] is None
+
+
+def test_too_few_usable_symptoms(server, tmp_path, capsys):
+    code, _, err = cli(capsys, *args(server, tmp_path, 'sym.json', '-n', '7'))
+    assert code == 2
+    one_line_error(err, 'usable symptoms of "melanoma"', '--candidates')
+    assert_nothing_partial(tmp_path)
+
+
+# ---------------------------------------------------------------- parsing
+@pytest.mark.parametrize('text', [
+    '- Dark spot\n- Blue patch',
+    '* Dark spot\n* Blue patch',
+    '• Dark spot\n• Blue patch',
+    '1. Dark spot\n2. Blue patch',
+    '1) **Dark spot.**\n2) "Blue patch"',
+    '{"symptoms": ["Dark spot", "Blue patch"]}',
+    '```json\n["Dark spot", "Blue patch"]\n```',
+    'Here you go: {"melanoma": [{"text": "Dark spot"}, {"text": "Blue patch"}]} Hope it helps.',
+    'Sure! These are what you may see:\n\n- Dark spot\n- Blue patch\n\nSee a doctor.',
+    'Dark spot. Blue patch.',
+])
+def test_parse_symptoms(text):
+    assert parse_symptoms(text) == ['Dark spot', 'Blue patch']
+
+
+@pytest.mark.parametrize('text', ['', '   ', None, "I'm sorry, but I can't help with that.", 'As an AI, I cannot.'])
+def test_parse_nothing(text):
+    assert parse_symptoms(text) == []
+
+
+# ---------------------------------------------------------------- symptom files
+def test_load_both_formats_in_class_order(tmp_path):
+    ours = {'nevus': ['Round spot', {'text': 'Net of brown lines', 'original': 'Pigment network'}], 'melanoma': ['Ragged border']}
+    save_symptoms(tmp_path/'ours.json', ours, {'model': 'x'})
+    (tmp_path/'plain.json').write_text(json.dumps({'nevus': ['Round spot', 'Net of brown lines'], 'melanoma': ['Ragged border']}))
+    for f in ('ours.json', 'plain.json'):
+        s = load_symptoms(tmp_path/f, classes=CLASSES)
+        assert list(s) == CLASSES and s['nevus'] == ['Round spot', 'Net of brown lines']
+    assert read_symptom_file(tmp_path/'ours.json')[0]['nevus'][1] == {'text': 'Net of brown lines', 'original': 'Pigment network'}
+    assert read_symptom_file(tmp_path/'plain.json')[1] == {}
+
+
+@pytest.mark.parametrize('content,words', [
+    ('{"a": []}', 'has no symptoms'),
+    ('{"a": ["x", "X."]}', 'repeats the symptom'),
+    ('{"a": ["x", 3]}', 'not a string'),
+    ('{"a": ["  "]}', 'is empty'),
+    ('{"a": [{"text": "x", "note": "y"}]}', 'use a string or'),
+    ('{}', 'holds no classes'),
+    ('["x"]', 'not an object'),
+    ('{"a": ["x"],', 'not valid JSON'),
+    ('{"meta": {}, "symptoms": {"a": ["x"]}, "extra": 1}', 'exactly an object "meta"'),
+    ('{"meta": {"format_version": 99}, "symptoms": {"a": ["x"]}}', 'upgrade vip'),
+    ('{"a": ["' + 'word ' * 72 + '"]}', 'shorten it'),
+])
+def test_invalid_files_give_one_line_errors(tmp_path, content, words):
+    (tmp_path/'s.json').write_text(content)
+    with pytest.raises(VipError, match=re.escape(words)) as e: load_symptoms(tmp_path/'s.json')
+    assert '\n' not in str(e.value)
+
+
+def test_token_limit_counts_the_context(tmp_path):
+    text = ' '.join(['patch'] * 66)  # 66 + '.' = 67 tokens; + SOS/EOS = 69
+    assert count_tokens(text + '.') == 67
+    check_symptoms({'a': [text]}, n_ctx=8)
+    with pytest.raises(VipError, match='only 66 fit beside 9 context tokens'): check_symptoms({'a': [text]}, n_ctx=9)
+
+
+def test_class_mismatch_and_missing_file(tmp_path):
+    save_symptoms(tmp_path/'s.json', {'melanoma': ['x'], 'nevi': ['y']})
+    with pytest.raises(VipError, match='missing from the symptom file'): load_symptoms(tmp_path/'s.json', classes=CLASSES)
+    with pytest.raises(VipError, match='not found'): load_symptoms(tmp_path/'nope.json')
+
+
+def test_save_is_atomic_and_refuses_to_overwrite(tmp_path):
+    save_symptoms(tmp_path/'s.json', {'a': ['x']})
+    before = (tmp_path/'s.json').read_bytes()
+    with pytest.raises(VipError, match='already exists'): save_symptoms(tmp_path/'s.json', {'a': ['y']})
+    with pytest.raises(VipError, match='has no symptoms'): save_symptoms(tmp_path/'s.json', {'a': []}, overwrite=True)
+    with pytest.raises(VipError, match='credential'): save_symptoms(tmp_path/'t.json', {'a': ['x']}, {'api_key': 'x'})
+    assert (tmp_path/'s.json').read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ['s.json']
+    save_symptoms(tmp_path/'s.json', {'a': ['y']}, overwrite=True)
+    assert load_symptoms(tmp_path/'s.json') == {'a': ['y']}
+
+
+def test_shipped_symptom_sets():
+    for task, classes in (('pneumonia', ['normal lung', 'pneumonia']), ('derm7pt', CLASSES)):
+        s = load_symptoms(SAMPLES/'symptoms'/f'{task}.json', classes=classes)
+        assert [len(v) for v in s.values()] == [4, 4]
+        assert read_symptom_file(SAMPLES/'symptoms'/f'{task}.json')[1]['generate'] is None
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason='the paper\'s reference files (../shared/reference) are absent')
+def test_reference_files_load_and_are_not_copied():
+    for task in ('pneumonia', 'derm7pt'):
+        split = json.loads((REFERENCE/f'split_{task}.json').read_text())
+        classes = sorted({row[2] for row in split['train']}, key=lambda c: min(r[1] for r in split['train'] if r[2] == c))
+        paper = load_symptoms(REFERENCE/f'symptoms_{task}.json', classes=classes, n_ctx=16)
+        assert list(paper) == classes and all(len(v) == 4 for v in paper.values())
+        ours = load_symptoms(SAMPLES/'symptoms'/f'{task}.json', classes=classes)
+        norm = lambda t: re.sub(r'[^a-z ]', '', t.lower()).strip()
+        assert not {norm(t) for v in paper.values() for t in v} & {norm(t) for v in ours.values() for t in v}
+        # the paper's set can be refined without an LLM (generation switched off)
+        refined, meta = generate_symptoms(classes, 'x', given=paper)
+        assert meta['generate'] is None and [len(v) for v in refined.values()] == [4, 4]
+
+
+# ---------------------------------------------------------------- refining with CLIP
+def test_clip_near_duplicates_are_merged():
+    torch.manual_seed(0)
+    clip = load_clip(TINY, device='cpu')
+    texts = ['Dark spot', 'Blue patch', 'Ragged border', 'Many colours', 'Black dots']
+    emb = encode_texts(clip, [f'{t}.' for t in texts])
+    sim = (emb @ emb.T).fill_diagonal_(-2)
+    i, j = divmod(int(sim.argmax()), len(texts))
+    cands = {'melanoma': [Candidate(t, order=k) for k, t in enumerate(texts)],
+             'nevus': [Candidate(t, order=k) for k, t in enumerate(['Round spot', 'Even brown'])]}
+    out = refine_symptoms(cands, n=2, clip=clip, threshold=float(sim.max()) - 1e-4)
+    dropped = [x for x in out['melanoma'] if x.dropped and x.dropped.startswith('close to')]
+    assert [x.text for x in dropped] == [texts[max(i, j)]]
+    kept_first = [x for x in out['melanoma'] if x.text == texts[min(i, j)]][0]
+    assert kept_first.votes == 2
+    assert sum(x.dropped is None for x in out['melanoma']) == 2
+    with pytest.raises(VipError, match='only 1 usable'): refine_symptoms(cands, n=2, clip=clip, threshold=-1.0)
