@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_bench.ipynb #4db75b9f
 from __future__ import annotations
-import argparse, json, statistics, sys, time
+import argparse, json, os, statistics, sys, time
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,7 @@ from .model import ViP, PlainViP
 
 # %% auto #0
 __all__ = ['bench_symptoms', 'time_interleaved', 'median_ratio', 'bench_prompt_side', 'bench_steps', 'run_bench',
-           'format_results', 'main']
+           'format_results', 'auto_threads', 'main']
 
 # %% ../nbs/06a_bench.ipynb #b099cf57
 _BENCH_2x4 = {
@@ -144,6 +144,15 @@ def format_results(results: list[dict], header: str = '') -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/06a_bench.ipynb #a2eb470e
+def auto_threads() -> tuple[int, float | None]:
+    "Torch threads for a fair measurement: the cores not kept busy by other programs (at least 1), and the load average."
+    n = torch.get_num_threads()
+    try: load = os.getloadavg()[0]
+    except (AttributeError, OSError): return n, None
+    free = (os.cpu_count() or n) - load
+    return max(1, min(n, int(free + 0.5))), load
+
+# %% ../nbs/06a_bench.ipynb #4d95cadc
 def main(argv=None) -> int:
     "The `vip_bench` command: time vip against the straightforward implementation and print median ratios."
     p = argparse.ArgumentParser(prog='vip_bench', description='Time vip against the straightforward ViP '
@@ -154,20 +163,26 @@ def main(argv=None) -> int:
     p.add_argument('--reps', type=int, default=3, help='timed rounds after one warm-up round (default 3; more = steadier)')
     p.add_argument('--batch', type=int, default=8, help='images per training step (default 8)')
     p.add_argument('--parts', default='abc', help="which measurements: any of 'a', 'b', 'c' (default abc)")
-    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch decides)')
+    p.add_argument('--threads', type=int, default=0, help='torch CPU threads (default 0: the cores other programs leave free)')
     p.add_argument('--no-pack', action='store_true', help="time vip without packing (one batch cut to the longest prompt)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--json', default=None, help='also write all times to this JSON file')
     p.add_argument('--check', action='store_true', help='exit with status 1 when a target is missed')
     a = p.parse_args(argv)
+    before = torch.get_num_threads()
     try:
-        if a.threads: torch.set_num_threads(a.threads)
+        load = None
+        if a.threads > 0: torch.set_num_threads(a.threads)
+        elif get_device(a.device).type == 'cpu':
+            threads, load = auto_threads()
+            torch.set_num_threads(threads)
         t0 = time.perf_counter()
         res = run_bench(a.backbone, a.pretrained, a.device, a.reps, a.batch, a.parts, a.seed, pack=not a.no_pack)
         dev = get_device(a.device)
         head = (f'vip_bench: {a.backbone} ({"random weights" if a.pretrained is None else a.pretrained}) on {dev}, '
                 f'{"no packing, " if a.no_pack else ""}'
-                f'{torch.get_num_threads()} threads, {a.reps} rounds after 1 warm-up round, medians '
+                f'{torch.get_num_threads()} threads{"" if load is None else f" (load average {load:.1f} on {os.cpu_count()} cores)"}, '
+                f'{a.reps} rounds after 1 warm-up round, medians '
                 f'({time.perf_counter() - t0:.0f} s)')
         print(format_results(res, head))
         if a.json:
@@ -177,4 +192,5 @@ def main(argv=None) -> int:
     except VipError as e:
         print(f'vip_bench: {e}', file=sys.stderr)
         return 2
+    finally: torch.set_num_threads(before)
     return 1 if a.check and any(r['ok'] is False for r in res) else 0
