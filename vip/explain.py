@@ -378,21 +378,11 @@ def save_run_explanations(run_dir: str | Path, model, before: dict | None = None
 
 def load_run(run_dir: str | Path, device: str = 'auto', checkpoint: str = 'vip-best.safetensors'):
     "The trained ViP of a run folder and the data splits it was trained on: (model, {split: ImageDataset})."
-    from vip.core import get_device
-    from vip.clip import load_clip
-    from vip.data import load_splits
-    from vip.symptoms import load_symptoms
-    from vip.train import TrainConfig, build_method, load_checkpoint, parse_class_names
+    from vip.train import open_run, build_method, load_checkpoint
     run_dir = Path(run_dir)
-    if not (run_dir/'config.json').is_file():
-        raise VipError(f'{run_dir} is not a vip run folder (no config.json): pass a folder that vip_train created')
-    if not (run_dir/checkpoint).is_file():
+    if (run_dir/'config.json').is_file() and not (run_dir/checkpoint).is_file():
         raise VipError(f'{run_dir} has no {checkpoint}: train ViP there first (vip_train --method vip)')
-    cfg = TrainConfig(**json.loads((run_dir/'config.json').read_text())).resolved()
-    splits = load_splits(cfg.data, cfg.split_file, classes=parse_class_names(cfg.class_names), check=False)
-    classes = splits['train'].classes
-    symptoms = load_symptoms(cfg.symptoms, classes=classes, n_ctx=cfg.n_ctx)
-    clip = load_clip(cfg.backbone, cfg.pretrained, get_device(device))
-    model = build_method('vip', clip, classes, symptoms, cfg).to(clip.device)
+    cfg, splits, symptoms, clip = open_run(run_dir, device)
+    model = build_method('vip', clip, splits['train'].classes, symptoms, cfg).to(clip.device)
     load_checkpoint(run_dir/checkpoint, model)
     return model.eval(), splits

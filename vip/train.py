@@ -23,7 +23,7 @@ from .baselines import zeroshot_classname, zeroshot_symptoms, linear_probe
 # %% auto #0
 __all__ = ['RECIPES', 'FEW_SHOT_EPOCHS', 'BUNDLED_DATA', 'METHODS', 'TRAINED', 'TrainConfig', 'lr_at', 'build_method',
            'trainable_state', 'save_checkpoint', 'load_checkpoint', 'dataset_features', 'predict', 'train_method',
-           'parse_class_names', 'fit', 'evaluate_run']
+           'parse_class_names', 'fit', 'open_run', 'evaluate_run']
 
 # %% ../nbs/09_train.ipynb #3cf45d6c
 RECIPES = {  # backbone -> the training recipe (paper, section 3; 'pocket' is the bundled teaching model)
@@ -436,26 +436,33 @@ def _save_plots(run_dir: Path, cfg: TrainConfig, classes, histories, results, mo
         save_run_explanations(run_dir, modules['vip'], before=before)
 
 # %% ../nbs/09_train.ipynb #119f350b
+def open_run(run_dir: str | Path, device: str | None = None):
+    "The resolved config, data splits, symptoms and frozen CLIP of a run folder, as the run had them."
+    run_dir = Path(run_dir)
+    if not (run_dir/'config.json').is_file():
+        raise VipError(f'{run_dir} is not a vip run folder (no config.json): pass a folder that vip_train created')
+    cfg = TrainConfig(**json.loads((run_dir/'config.json').read_text())).resolved()
+    splits = load_splits(cfg.data, cfg.split_file, classes=parse_class_names(cfg.class_names), check=False)
+    classes = splits['train'].classes
+    symptoms = load_symptoms(cfg.symptoms, classes=classes, n_ctx=cfg.n_ctx) if cfg.symptoms else None
+    clip = load_clip(cfg.backbone, cfg.pretrained, get_device(device or cfg.device))
+    return cfg, splits, symptoms, clip
+
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = 'test',
                  split_file: str | None = None, progress: bool = True) -> dict:
     "Re-evaluate the methods of a finished run on `split` of its data (or of `data`); writes `eval-*.json` into it."
     run_dir = Path(run_dir)
-    for f in ('config.json', 'metrics.json'):
-        if not (run_dir/f).is_file():
-            raise VipError(f'{run_dir} is not a finished vip run (no {f}): pass a folder that vip_train completed')
-    cfg = TrainConfig(**json.loads((run_dir/'config.json').read_text())).resolved()
+    if not (run_dir/'metrics.json').is_file():
+        raise VipError(f'{run_dir} is not a finished vip run (no metrics.json): pass a folder that vip_train completed')
+    cfg, own, symptoms, clip = open_run(run_dir)
     methods = list(json.loads((run_dir/'metrics.json').read_text())['methods'])
-    device = get_device(cfg.device)
-    own = load_splits(cfg.data, cfg.split_file, classes=parse_class_names(cfg.class_names), check=False)
-    classes = own['train'].classes
+    classes, device = own['train'].classes, clip.device
     target = load_splits(data, split_file, classes=parse_class_names(cfg.class_names) if not split_file else None,
                          splits=(split,))[split] if data else own[split]
     check_classes(classes, target.classes, what=f'{data} folder')
     if target.classes != classes:          # the same names in another order: relabel into the run's order
         remap = {i: classes.index(c) for i, c in enumerate(target.classes)}
         target = ImageDataset([(p, remap[y]) for p, y in target.items], classes, None, target.root)
-    symptoms = load_symptoms(cfg.symptoms, classes=classes, n_ctx=cfg.n_ctx) if cfg.symptoms else None
-    clip = load_clip(cfg.backbone, cfg.pretrained, device)
     test_f, test_y = dataset_features(clip, target, workers=cfg.workers, progress=progress)
     results = {}
     for m in methods:
