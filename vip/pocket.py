@@ -320,17 +320,17 @@ def probe_accuracy(clip: Clip, n: int = 600, seed: int = 12345) -> dict[str, flo
 
 # %% ../nbs/02a_pocket.ipynb #af785020
 def sample_derm_attrs(label: int, rng) -> dict:
-    "Look of one derm-synth lesion: label 0 melanoma-like, 1 nevus-like (each feature only *mostly* follows the class)."
+    "Look of one derm-synth lesion: label 0 melanoma-like, 1 nevus-like (each feature follows the class in most pictures)."
     mel = label == 0
-    shape = 'lopsided' if rng.random() < (0.75 if mel else 0.2) else 'symmetric'
-    edges = str(rng.choice(['smooth', 'jagged', 'blurry'], p=[0.25, 0.4, 0.35] if mel else [0.75, 0.1, 0.15]))
-    if rng.random() < (0.7 if mel else 0.15):
+    shape = 'lopsided' if rng.random() < (0.95 if mel else 0.05) else 'symmetric'
+    edges = str(rng.choice(['smooth', 'jagged', 'blurry'], p=[0.05, 0.5, 0.45] if mel else [0.95, 0.03, 0.02]))
+    if rng.random() < (0.9 if mel else 0.05):
         cols = [str(c) for c in rng.choice(['brown', 'black', 'blue', 'red', 'white', 'tan'], int(rng.integers(2, 4)), replace=False)]
     else:
         cols = [str(rng.choice(['brown', 'tan', 'black'], p=[0.45, 0.35, 0.2] if not mel else [0.5, 0.2, 0.3]))]
-    return dict(kind='spot', shape=shape, edges=edges, colours=cols, dots=bool(rng.random() < (0.6 if mel else 0.2)),
+    return dict(kind='spot', shape=shape, edges=edges, colours=cols, dots=bool(rng.random() < (0.75 if mel else 0.08)),
                 redness=bool(rng.random() < (0.2 if mel else 0.4)), position=str(rng.choice(list(POSITIONS))),
-                hair=int(rng.random() < 0.3) * int(rng.integers(1, 4)))
+                hair=int(rng.random() < 0.1) * int(rng.integers(1, 4)))
 
 def draw_chest(rng, patch=False, base=None, faint=False) -> np.ndarray:
     "A chest-film-like grayscale picture: two dark fields, a bright spine, thin lines; optionally a hazy patch in one field."
@@ -353,7 +353,7 @@ def draw_chest(rng, patch=False, base=None, faint=False) -> np.ndarray:
         t = np.linspace(0, SIZE - 1, 300)
         py = y0 + amp * np.cos((t - 32) / 20)
         m = np.zeros((SIZE, SIZE), np.float32); m[np.clip(py.astype(int), 0, SIZE - 1), t.astype(int)] = 1
-        img = img + m * lung * rng.uniform(0.15, 0.3)
+        img = img + m * lung * rng.uniform(0.04, 0.08)
     side = int(rng.integers(2))
     cx, cy_, rx, ry, fm = fields[side]
     if patch or faint:
@@ -373,10 +373,10 @@ def draw_chest(rng, patch=False, base=None, faint=False) -> np.ndarray:
 def sample_cxr(label: int, rng) -> np.ndarray:
     "One cxr-synth picture: label 0 normal-like, 1 pneumonia-like."
     if label == 1:
-        patch = rng.random() < 0.85
+        patch = rng.random() < 0.95
         base = 'curved' if (rng.random() < (0.35 if patch else 1.0)) else None
         return draw_chest(rng, patch=patch, base=base)
-    return draw_chest(rng, faint=rng.random() < 0.25)
+    return draw_chest(rng, faint=rng.random() < 0.15)
 
 # %% ../nbs/02a_pocket.ipynb #108b6b45
 SYNTH_SETS = {  # name -> classes (label order) and images per class in each split

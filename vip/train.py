@@ -30,7 +30,7 @@ RECIPES = {  # backbone -> the training recipe (paper, section 3; 'pocket' is th
     'ViT-B/16': dict(lr=0.002, epochs=50, batch_size=32, augment=True),
     'RN50x64': dict(lr=0.001, epochs=50, batch_size=8, augment=True),
     'ViT-L/14-336': dict(lr=0.002, epochs=50, batch_size=16, augment=True),
-    POCKET: dict(lr=0.2, epochs=30, batch_size=32, augment=False),
+    POCKET: dict(lr=2.0, epochs=30, batch_size=32, augment=False),
 }
 FEW_SHOT_EPOCHS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}  # CoOp's few-shot schedule: k images per class -> epochs
 BUNDLED_DATA = {  # bundled synthetic sets -> their plain-word symptom file and modality
