@@ -19,7 +19,7 @@ from .clip import POCKET, DATA_SAMPLES, POCKET_CONFIG, Clip, encode_token_embedd
 __all__ = ['SIZE', 'COLOURS', 'SKIN', 'POSITIONS', 'SPOT_WORDS', 'PHRASES', 'POS_WORDS', 'MEAN', 'STD', 'PROBES', 'SYNTH_SETS',
            'SYNTH_SYMPTOMS', 'draw_spot', 'draw_field', 'caption', 'sample_world_attrs', 'render', 'make_world',
            'pretrain_pocket_clip', 'retrieval_accuracy', 'probe_accuracy', 'sample_derm_attrs', 'draw_chest',
-           'sample_cxr', 'synth_picture', 'make_synth_set', 'write_synth_symptoms']
+           'sample_cxr', 'synth_picture', 'synth_files', 'make_synth_set', 'compare_synth_set', 'write_synth_symptoms']
 
 # %% ../nbs/02a_pocket.ipynb #791777fa
 SIZE = 64
@@ -394,7 +394,9 @@ def synth_picture(name: str, split: str, i: int, label: int, seed: int = 0, labe
     else: raise VipError(f'unknown synthetic set {name!r}: use one of {list(SYNTH_SETS)}')
     return (pic * 255).round().astype(np.uint8)
 
-def _files(name: str):
+
+# %% ../nbs/02a_pocket.ipynb #7f199057
+def synth_files(name: str):
     "(split, class, index, label, relative path) of every picture of the set `name`."
     spec = SYNTH_SETS[name]
     i = 0
@@ -408,10 +410,26 @@ def make_synth_set(name: str, root: str | Path, seed: int = 0) -> Path:
     "Write the synthetic set `name` as `root/name/{train,val,test}/<class>/*.png`; never into an existing folder."
     out = Path(root)/name
     if out.exists(): raise VipError(f'{out} already exists: choose another root, or remove it yourself')
-    for split, c, i, label, rel in _files(name):
+    for split, c, i, label, rel in synth_files(name):
         (out/rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(synth_picture(name, split, i, label, seed)).save(out/rel)
     return out
+
+
+# %% ../nbs/02a_pocket.ipynb #0edd1c1f
+def compare_synth_set(name: str, root: str | Path = DATA_SAMPLES, step: int = 1) -> dict:
+    "Redraw every `step`-th picture of set `name` and compare its pixels with the files under `root`."
+    files = list(synth_files(name))[::step]
+    off, worst, values = 0, 0, 0
+    for split, c, i, label, rel in files:
+        path = Path(root)/name/rel
+        if not path.is_file(): raise VipError(f'{path} is missing: restore data_samples/ from the repository')
+        want = synth_picture(name, split, i, label).astype(np.int16)         # (64, 64, 3)
+        got = np.asarray(Image.open(path).convert('RGB'), dtype=np.int16)     # (64, 64, 3)
+        if got.shape != want.shape: raise VipError(f'{path} is {got.shape[1]}x{got.shape[0]}, not 64x64: restore it')
+        diff = np.abs(got - want)
+        off, worst, values = off + int((diff > 0).sum()), max(worst, int(diff.max())), values + diff.size
+    return dict(files=len(files), values=values, values_off=off, max_off=worst)
 
 # %% ../nbs/02a_pocket.ipynb #afc263dc
 SYNTH_SYMPTOMS = {  # set -> class -> [(plain visual wording, medical wording)]

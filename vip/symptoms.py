@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -160,26 +161,27 @@ def _one_line(msg, limit: int = 200) -> str:
     if key and len(key) > 6: s = s.replace(key, '***')
     return s if len(s) <= limit else s[:limit - 1] + '…'
 
-def _today() -> str: return datetime.now(timezone.utc).strftime('%Y-%m-%d')
+def _utc_now() -> datetime: return datetime.now(timezone.utc)
 
 @dataclass
 class Answer:
     "One answer of the LLM."
     text: str           # the answer's content ('' when empty)
-    date: str           # the day (UTC) it was received from the server
+    date: str           # the day (UTC) it was received from the server; a cached answer keeps its day
     cached: bool        # whether it came from the cache
 
 class LLMClient:
     "Ask an OpenAI-compatible chat server through the `openai` package, with an on-disk cache of every answer."
     def __init__(self, model: str = 'gpt-4o-mini', base_url: str | None = None, api_key: str | None = None,
                  cache_dir: str | Path | None = None, offline: bool = False, timeout: float = 60.0,
-                 max_retries: int = 3, json_mode: bool = True):
+                 max_retries: int = 3, json_mode: bool = True, now: Callable[[], datetime] = _utc_now):
         self.model, self.timeout, self.max_retries, self.offline = model, float(timeout), int(max_retries), offline
         self.base_url = base_url or os.environ.get('OPENAI_BASE_URL') or None
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.json_mode = json_mode    # becomes False when the server rejects response_format
         self.requests = 0             # answers this client received from the server
         self.cache_hits = 0           # answers this client read from the cache
+        self.now = now                # the clock that dates new answers (tests pass a fixed one)
         self._api_key, self._client = api_key, None
         if offline and self.cache_dir is None:
             raise VipError('offline=True needs a cache to replay: pass cache_dir (--cache DIR)')
@@ -275,7 +277,7 @@ class LLMClient:
                            f'online with the same model, template and options, or drop offline (--offline)')
         text = self._request(messages, temperature, json)
         if check is not None: check(text)  # raises VipError for an unusable answer, which is then not cached
-        ans = Answer(text, _today(), False)
+        ans = Answer(text, self.now().astimezone(timezone.utc).strftime('%Y-%m-%d'), False)
         if self.cache_dir is not None:
             rec = {'vip_llm_cache': CACHE_VERSION, 'key': key,
                    'request': {'model': self.model, 'messages': messages, 'params': params},
