@@ -20,7 +20,8 @@ from .core import VipError, get_device
 
 # %% auto #0
 __all__ = ['BACKBONES', 'TINY', 'POCKET', 'TINY_CONFIG', 'POCKET_CONFIG', 'DATA_SAMPLES', 'bundled_file', 'register_config',
-           'train_transform', 'Clip', 'load_clip', 'encode_token_embeddings', 'encode_texts', 'encode_images']
+           'resolve_backbone', 'train_transform', 'TextParts', 'text_parts', 'Clip', 'load_clip',
+           'encode_token_embeddings', 'encode_texts', 'encode_images']
 
 # %% ../nbs/02_clip.ipynb #b4049469
 BACKBONES = {  # the paper's name -> (open_clip architecture, pretrained tag)
@@ -69,7 +70,7 @@ def register_config(name: str, config: dict) -> str:
     open_clip.add_model_config(path)
     return name
 
-def _resolve(backbone: str, pretrained):
+def resolve_backbone(backbone: str, pretrained):
     "Map a backbone name and a `pretrained` argument to (open_clip name, tag or file or None)."
     if backbone in BACKBONES:
         arch, tag = BACKBONES[backbone]
@@ -100,7 +101,7 @@ def train_transform(size: int, mean, std, scale=(0.08, 1.0)) -> Callable:
 
 # %% ../nbs/02_clip.ipynb #ea22db3c
 @dataclass
-class _TextParts:
+class TextParts:
     token_embedding: nn.Module
     positional_embedding: torch.Tensor
     transformer: nn.Module
@@ -109,7 +110,7 @@ class _TextParts:
     attn_mask: torch.Tensor
     embed_dim: int
 
-def _text_parts(model: nn.Module) -> _TextParts:
+def text_parts(model: nn.Module) -> TextParts:
     "The pieces of a standard CLIP text tower inside an open_clip model, or a clear error."
     tower = model if hasattr(model, 'token_embedding') else getattr(model, 'text', None)
     ok = (tower is not None and all(hasattr(tower, a) for a in
@@ -123,7 +124,7 @@ def _text_parts(model: nn.Module) -> _TextParts:
     if proj is None: dim = tower.token_embedding.weight.shape[1]
     elif isinstance(proj, nn.Linear): dim = proj.out_features
     else: dim = proj.shape[1]
-    return _TextParts(tower.token_embedding, tower.positional_embedding, tower.transformer, tower.ln_final,
+    return TextParts(tower.token_embedding, tower.positional_embedding, tower.transformer, tower.ln_final,
                       proj, tower.attn_mask, dim)
 
 # %% ../nbs/02_clip.ipynb #99f8405a
@@ -146,13 +147,13 @@ class Clip:
     @property
     def embed_dim(self) -> int:
         "D, the joint embedding size."
-        return _text_parts(self.model).embed_dim
+        return text_parts(self.model).embed_dim
     @property
     def text_width(self) -> int:
         "W, the token-embedding size of the text transformer."
-        return _text_parts(self.model).token_embedding.weight.shape[1]
+        return text_parts(self.model).token_embedding.weight.shape[1]
     @property
-    def context_length(self) -> int: return _text_parts(self.model).positional_embedding.shape[0]
+    def context_length(self) -> int: return text_parts(self.model).positional_embedding.shape[0]
 
 # %% ../nbs/02_clip.ipynb #409fdad1
 def _load_file(model: nn.Module, path: Path):
@@ -181,7 +182,7 @@ def _load_file(model: nn.Module, path: Path):
 def load_clip(backbone: str = 'ViT-B/16', pretrained: str | Path | None = 'default',
               device: str | torch.device = 'auto') -> Clip:
     "Load a frozen CLIP `backbone` (paper name or open_clip name) with `pretrained` weights (tag, file or None)."
-    arch, pretrained = _resolve(backbone, pretrained)
+    arch, pretrained = resolve_backbone(backbone, pretrained)
     file = None
     if pretrained is not None and (Path(str(pretrained)).suffix in ('.safetensors', '.pt', '.pth', '.bin')
                                    or Path(str(pretrained)).exists()):
@@ -205,14 +206,14 @@ def load_clip(backbone: str = 'ViT-B/16', pretrained: str | Path | None = 'defau
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg['size'][0] if isinstance(cfg['size'], (tuple, list)) else cfg['size']
     tokenizer = open_clip.get_tokenizer(arch)
-    _text_parts(model)  # fail early on a text tower vip cannot drive
+    text_parts(model)  # fail early on a text tower vip cannot drive
     return Clip(model, train_transform(size, cfg['mean'], cfg['std']), preprocess, tokenizer, arch,
                 None if pretrained is None else str(pretrained))
 
 # %% ../nbs/02_clip.ipynb #2df5b0c2
 def encode_token_embeddings(model: nn.Module, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
     "Text features (P, D) from token embeddings `x` (P, L, W) whose end-of-text tokens sit at positions `eot` (P,)."
-    t = _text_parts(model)
+    t = text_parts(model)
     L = x.shape[1]
     if L > t.positional_embedding.shape[0]:
         raise VipError(f'a prompt of {L} tokens is longer than the context of {t.positional_embedding.shape[0]}: shorten it')

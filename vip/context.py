@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from .core import VipError
-from .clip import Clip, _text_parts, encode_token_embeddings
+from .clip import Clip, text_parts, encode_token_embeddings
 
 # %% auto #0
-__all__ = ['POSITIONS', 'symptom_prompt', 'ContextPrompt', 'describe']
+__all__ = ['POSITIONS', 'symptom_prompt', 'special_ids', 'eot_positions', 'ContextPrompt', 'describe']
 
 # %% ../nbs/04_context.ipynb #eaf8500b
 POSITIONS = ('end', 'middle', 'front')
@@ -85,14 +85,14 @@ def _pack_index(rows: list[list[int]], row_len: int, lengths: list[int], n_prefi
 # %% ../nbs/04_context.ipynb #2bd26228
 def _packable(model: nn.Module) -> bool:
     "Whether the text transformer's blocks take a per-sequence attention mask (open_clip's standard CLIP blocks)."
-    blocks = getattr(_text_parts(model).transformer, 'resblocks', None)
+    blocks = getattr(text_parts(model).transformer, 'resblocks', None)
     return bool(blocks) and all(isinstance(getattr(b, 'attn', None), nn.MultiheadAttention)
                                 and not hasattr(b, 'ln_1_kv') for b in blocks)
 
 def _encode_packed(model: nn.Module, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor,
                    eot_row: torch.Tensor, eot_col: torch.Tensor) -> torch.Tensor:
     "Text features (P, D) from packed token embeddings x (R, N, W) with position ids (R, N) and an additive mask (R*heads, N, N)."
-    t = _text_parts(model)
+    t = text_parts(model)
     x = x + t.positional_embedding[pos].to(x.dtype)        # (R, N, W)
     x = t.transformer(x, attn_mask=mask)                   # (R, N, W)
     x = t.ln_final(x[eot_row, eot_col])                    # (P, W): the [EOT] outputs
@@ -101,12 +101,12 @@ def _encode_packed(model: nn.Module, x: torch.Tensor, pos: torch.Tensor, mask: t
     return x @ t.text_projection                          # (P, W) @ (W, D) -> (P, D)
 
 # %% ../nbs/04_context.ipynb #bcb9ba71
-def _special_ids(tokenizer) -> tuple[int, int, int]:
+def special_ids(tokenizer) -> tuple[int, int, int]:
     "The ids of [SOS], '.' and [EOT] in `tokenizer`."
     ids = tokenizer(['.'])[0]                             # [SOS] . [EOT] 0 ...
     return int(ids[0]), int(ids[1]), int(ids[2])
 
-def _eot_positions(ids: torch.Tensor, eot_id: int) -> torch.Tensor:
+def eot_positions(ids: torch.Tensor, eot_id: int) -> torch.Tensor:
     "Position (N,) of the first [EOT] in each row of token ids (N, 77)."
     return (ids == eot_id).int().argmax(-1)
 
@@ -120,13 +120,13 @@ class ContextPrompt(nn.Module):
             raise VipError(f'unknown context position {position!r}: use one of {", ".join(POSITIONS)}')
         if isinstance(symptoms, dict) or not len(symptoms) or any(isinstance(g, str) or not len(g) for g in symptoms):
             raise VipError('symptoms must be one non-empty list of sentences per class: check the symptom file')
-        emb, n_pos, dev = _text_parts(clip.model).token_embedding, clip.context_length, clip.device
-        sos_id, period_id, eot_id = _special_ids(clip.tokenizer)
+        emb, n_pos, dev = text_parts(clip.model).token_embedding, clip.context_length, clip.device
+        sos_id, period_id, eot_id = special_ids(clip.tokenizer)
         init = None
         if ctx_init is not None:                          # context from words: M is their number of tokens
             words = ' '.join(str(ctx_init).split())
             wids = clip.tokenizer([words])[0]
-            n_ctx = int(_eot_positions(wids[None], eot_id)[0]) - 1
+            n_ctx = int(eot_positions(wids[None], eot_id)[0]) - 1
             if n_ctx < 1: raise VipError(f'ctx_init {ctx_init!r} has no tokens: give words such as "a photo of a"')
             with torch.no_grad(): init = emb(wids[1:1 + n_ctx].to(dev)).float()     # (M, W)
         if not isinstance(n_ctx, int) or n_ctx < 1:
@@ -141,7 +141,7 @@ class ContextPrompt(nn.Module):
         self.prompts = [symptom_prompt(s) for g in symptoms for s in g]
         class_index = torch.tensor([c for c, g in enumerate(symptoms) for _ in g])   # (P,)
         ids = clip.tokenizer(self.prompts)                                           # (P, 77)
-        eot = _eot_positions(ids, eot_id)                                            # (P,)
+        eot = eot_positions(ids, eot_id)                                            # (P,)
         for p, e in enumerate(eot.tolist()):
             if e + n_ctx > n_pos - 1:
                 raise VipError(f'symptom {self.prompts[p]!r} is too long: with {n_ctx} context tokens its prompt '
@@ -168,7 +168,7 @@ class ContextPrompt(nn.Module):
             lengths = [len(l) for l in layouts]
             rows, row_len = _pack_plan(lengths, class_index.tolist() if csc else [0] * len(lengths), n_prefix, n_pos)
             src_p, pos_p, allowed, row, col = _pack_index(rows, row_len, lengths, n_prefix, L)
-            heads = _text_parts(clip.model).transformer.resblocks[0].attn.num_heads
+            heads = text_parts(clip.model).transformer.resblocks[0].attn.num_heads
             mask = torch.zeros(allowed.shape).masked_fill(~allowed, float('-inf'))           # (R, N, N) additive
             buffers.update(pack_src=src_p, pack_pos=pos_p, pack_mask=mask.repeat_interleave(heads, 0),  # (R*heads, N, N)
                            pack_row=row, pack_col=col)
@@ -176,15 +176,21 @@ class ContextPrompt(nn.Module):
         self._decoder = getattr(clip.tokenizer, 'decoder', None)
         self._special = {sos_id: '[SOS]', eot_id: '[EOT]'}
 
-    def forward(self) -> torch.Tensor:
-        "Token embeddings (P, L, W) of every symptom prompt, with the context vectors in place."
-        ctx = self.ctx.reshape(-1, self.ctx.shape[-1])                               # (M, W) or (C*M, W)
-        return torch.where(self.is_ctx[..., None], ctx[self.ctx_index], self.tokens)  # (P, L, W)
+    def forward(self, shift: torch.Tensor | None = None) -> torch.Tensor:
+        "Token embeddings (P, L, W) of every prompt with the context in place; with `shift` (B, W) added to it, (B, P, L, W)."
+        ctx = self.ctx.reshape(-1, self.ctx.shape[-1])[self.ctx_index]               # (P, L, W) at context slots
+        if shift is None: return torch.where(self.is_ctx[..., None], ctx, self.tokens)  # (P, L, W)
+        ctx = ctx + shift[:, None, None, :]                                          # (B, P, L, W)
+        return torch.where(self.is_ctx[None, ..., None], ctx, self.tokens[None])     # (B, P, L, W)
+
+    def encode(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        "Text features (N, D) of assembled prompts `x` (N, L, W), whole sets of the P prompts one after another, unpacked."
+        return encode_token_embeddings(model, x, self.eot.repeat(x.shape[0] // len(self.eot)))
 
     def symptom_features(self, model: nn.Module) -> torch.Tensor:
         "Text features (P, D) of every symptom prompt, in one pass of the frozen text encoder `model` (packed, or cut to L)."
         x = self()                                                                   # (P, L, W)
-        if not self.pack: return encode_token_embeddings(model, x, self.eot)
+        if not self.pack: return self.encode(model, x)
         x = x.reshape(-1, x.shape[-1])[self.pack_src]                                # (R, N, W) packed rows
         return _encode_packed(model, x, self.pack_pos, self.pack_mask, self.pack_row, self.pack_col)
 

@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #8e725efb
 from __future__ import annotations
-import os, random, re, time
+import contextlib, os, random, re, time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['VipError', 'get_device', 'seed_everything', 'make_run_dir', 'check_classes', 'atomic_write']
+__all__ = ['PRECISIONS', 'VipError', 'get_device', 'autocast_dtype', 'autocast', 'grad_scaler', 'seed_everything', 'make_run_dir',
+           'check_classes', 'atomic_write']
 
 # %% ../nbs/00_core.ipynb #5f69c57f
 class VipError(Exception):
@@ -38,6 +39,32 @@ def get_device(device: str | torch.device = 'auto') -> torch.device:
     if dev.type == 'mps' and not _mps_available():
         raise VipError(f"device {device!r} was asked for but Apple MPS is not available: use device='auto' or 'cpu'")
     return dev
+
+# %% ../nbs/00_core.ipynb #240d407e
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+
+def autocast_dtype(device: str | torch.device, precision: str = 'auto') -> torch.dtype | None:
+    "The dtype the frozen encoders run in on `device` under `precision`, or None for float32 (autocast off)."
+    if precision not in PRECISIONS:
+        raise VipError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    kind = torch.device(device).type
+    if precision == 'fp32' or (precision == 'auto' and kind != 'cuda'): return None
+    if precision == 'auto': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == 'bf16' else torch.float16
+
+# %% ../nbs/00_core.ipynb #8d12169d
+def autocast(device: str | torch.device, precision: str = 'auto'):
+    "The autocast context of `precision` on `device`: vip's one precision policy."
+    kind, dtype = torch.device(device).type, autocast_dtype(device, precision)
+    if kind not in ('cuda', 'cpu'): return contextlib.nullcontext()   # MPS and others: float32, as they come
+    if dtype is None: return torch.autocast(kind, enabled=False)
+    return torch.autocast(kind, dtype=dtype)
+
+def grad_scaler(device: str | torch.device, precision: str = 'auto'):
+    "A gradient scaler when training under fp16 on CUDA, else None."
+    if torch.device(device).type == 'cuda' and autocast_dtype(device, precision) == torch.float16:
+        return torch.amp.GradScaler('cuda')
+    return None
 
 # %% ../nbs/00_core.ipynb #cc02517e
 def seed_everything(seed: int, deterministic: bool = False) -> int:

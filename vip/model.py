@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import VipError, check_classes
-from .clip import Clip, _text_parts
-from .context import ContextPrompt, POSITIONS, symptom_prompt, _special_ids
+from .clip import Clip, text_parts
+from .context import ContextPrompt, POSITIONS, symptom_prompt, special_ids
 from .merge import MergePrompt
 
 # %% auto #0
@@ -141,7 +141,7 @@ class PlainViP:
 
     def _encode(self, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
         "CLIP's text encoder over all positions of x (S, 77, W), read at `eot` (S,) -> (S, D)."
-        t = _text_parts(self.model.clip.model)
+        t = text_parts(self.model.clip.model)
         x = x + t.positional_embedding                        # (S, 77, W)
         x = t.transformer(x, attn_mask=t.attn_mask)           # (S, 77, W)
         x = t.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot.to(x.device)]   # (S, W)
@@ -150,8 +150,8 @@ class PlainViP:
     def symptom_features(self) -> list[torch.Tensor]:
         "Symptom features, one (S_c, D) tensor per class."
         m, clip = self.model, self.model.clip
-        cop, emb = m.context, _text_parts(clip.model).token_embedding
-        _, period, eot_id = _special_ids(clip.tokenizer)
+        cop, emb = m.context, text_parts(clip.model).token_embedding
+        _, period, eot_id = special_ids(clip.tokenizer)
         M, h, feats = cop.n_ctx, cop.n_ctx // 2, []
         for c, name in enumerate(m.classes):
             ids = clip.tokenizer([symptom_prompt(s) for s in m.symptoms[name]]).to(clip.device)   # (S, 77)

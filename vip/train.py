@@ -95,11 +95,11 @@ class TrainConfig:
 
     def check(self):
         "Raise a one-line `VipError` for values that cannot work."
-        from vip.clip import _resolve
+        from vip.clip import resolve_backbone
         if not Path(self.data).exists():
             raise VipError(f'data folder {self.data} not found: pass --data DIR (with train/val/test/<class>/ images) '
                            f'or a bundled set ({", ".join(BUNDLED_DATA)})')
-        _resolve(self.backbone, self.pretrained)     # an unknown backbone fails here, before any work
+        resolve_backbone(self.backbone, self.pretrained)     # an unknown backbone fails here, before any work
         bad = [m for m in self.methods() if m not in METHODS]
         if bad: raise VipError(f'unknown method {bad[0]!r}: use one of {", ".join(METHODS)}, several joined by commas, or all')
         if self.position not in ('end', 'middle', 'front'):
