@@ -16,7 +16,7 @@ from torch import nn
 from torchvision import transforms as T
 
 import vip
-from .core import VipError, get_device
+from .core import VipError, autocast, get_device
 
 # %% auto #0
 __all__ = ['BACKBONES', 'TINY', 'POCKET', 'TINY_CONFIG', 'POCKET_CONFIG', 'DATA_SAMPLES', 'bundled_file', 'register_config',
@@ -234,11 +234,12 @@ def encode_texts(clip: Clip, texts: list[str]) -> torch.Tensor:
     return F.normalize(clip.model.encode_text(ids).float(), dim=-1)
 
 @torch.no_grad()
-def encode_images(clip: Clip, loader, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    "Normalised image features (N, D) and labels (N,) of every batch in `loader`."
+def encode_images(clip: Clip, loader, progress: bool = True, precision: str = 'auto') -> tuple[torch.Tensor, torch.Tensor]:
+    "Normalised image features (N, D) and labels (N,) of every batch in `loader`, encoded under `precision`."
     from tqdm.auto import tqdm
     feats, labels = [], []
     for x, y in tqdm(loader, desc='image features', disable=not progress, leave=False):
-        feats.append(F.normalize(clip.model.encode_image(x.to(clip.device)).float(), dim=-1).cpu())
+        with autocast(clip.device, precision): f = clip.model.encode_image(x.to(clip.device))   # (B, D)
+        feats.append(F.normalize(f.float(), dim=-1).cpu())
         labels.append(torch.as_tensor(y))
     return torch.cat(feats), torch.cat(labels)                  # (N, D), (N,)
