@@ -5,12 +5,15 @@
 # %% ../nbs/08_baselines.ipynb #56c21e64
 from __future__ import annotations
 import numpy as np
+from torch.utils.checkpoint import checkpoint
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .core import VipError, check_classes
-from .clip import Clip, encode_texts, encode_token_embeddings
+from .clip import Clip, encode_texts
+from .context import ContextPrompt
+from .learner import PromptLearner
 
 # %% auto #0
 __all__ = ['TEMPLATES', 'ZeroShotClassifier', 'zeroshot_classname', 'SymptomClassifier', 'zeroshot_symptoms', 'LinearProbe',
@@ -33,22 +36,24 @@ class ZeroShotClassifier(nn.Module):
         return self.logit_scale * F.normalize(feats.float(), dim=-1) @ self.weight.T     # (B, D) @ (D, C) -> (B, C)
 
 def zeroshot_classname(clip: Clip, classes: list[str], modality: str = 'medical image',
-                       templates: str | list[str] = 'single') -> ZeroShotClassifier:
+                       templates: str | list[str] = 'single', precision: str = 'auto') -> ZeroShotClassifier:
     "Zero-shot CLIP from class names in `templates` ('single', 'ensemble', or a list with {modality} and {c})."
     temps = TEMPLATES[templates] if isinstance(templates, str) else list(templates)
-    feats = torch.stack([encode_texts(clip, [t.format(modality=modality, c=c) for t in temps]).mean(0) for c in classes])
+    encode = lambda c: encode_texts(clip, [t.format(modality=modality, c=c) for t in temps], precision).mean(0)
+    feats = torch.stack([encode(c) for c in classes])
     return ZeroShotClassifier(feats, clip.model.logit_scale.exp().item())                 # (C, D)
 
 # %% ../nbs/08_baselines.ipynb #1876fa52
 class SymptomClassifier(nn.Module):
     "Zero-shot by symptoms: a class's logit is the mean similarity of the image to its symptom sentences."
-    def __init__(self, clip: Clip, symptoms: dict[str, list[str]], classes: list[str] | None = None):
+    def __init__(self, clip: Clip, symptoms: dict[str, list[str]], classes: list[str] | None = None,
+                 precision: str = 'auto'):
         super().__init__()
         self.classes = check_classes(classes or list(symptoms), list(symptoms))
         self.symptoms = {c: list(symptoms[c]) for c in self.classes}
         texts = [s for c in self.classes for s in self.symptoms[c]]
         owner = torch.tensor([i for i, c in enumerate(self.classes) for _ in self.symptoms[c]])
-        self.register_buffer('text', encode_texts(clip, texts), persistent=False)                 # (P, D)
+        self.register_buffer('text', encode_texts(clip, texts, precision), persistent=False)      # (P, D)
         self.register_buffer('owner', owner, persistent=False)                                    # (P,) class of each
         self.logit_scale = clip.model.logit_scale.exp().item()
     def symptom_scores(self, feats: torch.Tensor) -> torch.Tensor:
@@ -59,9 +64,10 @@ class SymptomClassifier(nn.Module):
         onehot = F.one_hot(self.owner, len(self.classes)).float()                                 # (P, C)
         return self.logit_scale * (s @ onehot) / onehot.sum(0)                                    # (B, C) means
 
-def zeroshot_symptoms(clip: Clip, symptoms: dict[str, list[str]], classes: list[str] | None = None) -> SymptomClassifier:
+def zeroshot_symptoms(clip: Clip, symptoms: dict[str, list[str]], classes: list[str] | None = None,
+                      precision: str = 'auto') -> SymptomClassifier:
     "Zero-shot classification by the mean similarity to each class's symptoms."
-    return SymptomClassifier(clip, symptoms, classes)
+    return SymptomClassifier(clip, symptoms, classes, precision)
 
 # %% ../nbs/08_baselines.ipynb #fa3516d4
 class LinearProbe(nn.Module):
@@ -91,52 +97,39 @@ def linear_probe(train_feats, train_labels, val_feats, val_labels, n_classes: in
     return LinearProbe(W, b, best)
 
 # %% ../nbs/08_baselines.ipynb #1cfac47b
-from .context import ContextPrompt
-
-class CoOp(nn.Module):
+class CoOp(PromptLearner):
     "CoOp: learned context before each class name; logits from the similarity to the prompted class features."
     def __init__(self, clip: Clip, classes: list[str], n_ctx: int = 4, csc: bool = False, position: str = 'end',
-                 ctx_init: str | None = None):
-        super().__init__()
-        self.clip, self.classes = clip, list(classes)     # CLIP is a plain attribute: not part of the learned state
+                 ctx_init: str | None = None, precision: str = 'auto'):
+        super().__init__(clip, classes, precision)
         self.context = ContextPrompt(clip, [[c] for c in self.classes], n_ctx, csc, position, ctx_init)
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs); self.clip.model._apply(fn, *args, **kwargs); return self
     def class_features(self) -> torch.Tensor:
         "Normalised prompted class features (C, D)."
-        return F.normalize(self.context.symptom_features(self.clip.model).float(), dim=-1)
-    def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
-        scale = self.clip.model.logit_scale.detach().float().exp()
-        return scale * F.normalize(feats.float(), dim=-1) @ self.class_features().T            # (B, C)
+        with self.autocast(): f = self.context.symptom_features(self.clip.model)   # (C, D)
+        return F.normalize(f.float(), dim=-1)
 
 # %% ../nbs/08_baselines.ipynb #8831bd98
-class CoCoOp(nn.Module):
+class CoCoOp(PromptLearner):
     "CoCoOp: context shifted per image by a meta-network; B x C prompts, encoded in checkpointed chunks of images."
     def __init__(self, clip: Clip, classes: list[str], n_ctx: int = 4, ctx_init: str | None = None, chunk: int = 8,
-                 checkpointing: bool = True):
-        super().__init__()
-        self.clip, self.classes, self.chunk, self.checkpointing = clip, list(classes), chunk, checkpointing
+                 checkpointing: bool = True, precision: str = 'auto'):
+        super().__init__(clip, classes, precision)
+        self.chunk, self.checkpointing = chunk, checkpointing
         self.context = ContextPrompt(clip, [[c] for c in self.classes], n_ctx, False, 'end', ctx_init)
         D, W = clip.embed_dim, clip.text_width
         self.meta_net = nn.Sequential(nn.Linear(D, max(D // 16, 1)), nn.ReLU(inplace=True),
                                       nn.Linear(max(D // 16, 1), W)).to(clip.device)
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs); self.clip.model._apply(fn, *args, **kwargs); return self
 
     def _chunk_logits(self, f: torch.Tensor) -> torch.Tensor:
         "Logits (b, C) for a chunk of normalised image features (b, D)."
-        cp = self.context
-        shift = self.meta_net(f)                                                   # (b, W)
-        ctx = cp.ctx[cp.ctx_index] + shift[:, None, None, :]                       # (b, C, L, W) at context slots
-        emb = torch.where(cp.is_ctx[None, ..., None], ctx, cp.tokens[None])        # (b, C, L, W)
+        emb = self.context(self.meta_net(f))                                       # (b, C, L, W), shifted context
         b, C, L, W = emb.shape
-        t = encode_token_embeddings(self.clip.model, emb.reshape(b * C, L, W), cp.eot.repeat(b))  # (b*C, D)
+        with self.autocast(): t = self.context.encode(self.clip.model, emb.reshape(b * C, L, W))   # (b*C, D)
         t = F.normalize(t.float(), dim=-1).view(b, C, -1)                           # (b, C, D)
-        scale = self.clip.model.logit_scale.detach().float().exp()
-        return scale * torch.einsum('bd,bcd->bc', f, t)                            # (b, C)
+        return self.logit_scale * torch.einsum('bd,bcd->bc', f, t)                 # (b, C)
 
     def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
-        from torch.utils.checkpoint import checkpoint
+        "Logits (B, C) from image features (B, D), chunk by chunk of images (checkpointed while training)."
         f = F.normalize(feats.float(), dim=-1)
         outs = []
         for i in range(0, len(f), self.chunk):

@@ -228,10 +228,11 @@ def encode_token_embeddings(model: nn.Module, x: torch.Tensor, eot: torch.Tensor
 
 # %% ../nbs/02_clip.ipynb #59992ed7
 @torch.no_grad()
-def encode_texts(clip: Clip, texts: list[str]) -> torch.Tensor:
-    "Normalised text features (N, D) of `texts`."
+def encode_texts(clip: Clip, texts: list[str], precision: str = 'auto') -> torch.Tensor:
+    "Normalised text features (N, D) of `texts`, encoded under `precision`."
     ids = clip.tokenizer(list(texts)).to(clip.device)
-    return F.normalize(clip.model.encode_text(ids).float(), dim=-1)
+    with autocast(clip.device, precision): f = clip.model.encode_text(ids)   # (N, D)
+    return F.normalize(f.float(), dim=-1)
 
 @torch.no_grad()
 def encode_images(clip: Clip, loader, progress: bool = True, precision: str = 'auto') -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_model.ipynb #325b754b
 from __future__ import annotations
-import contextlib, math
+import math
 
 import torch
 import torch.nn.functional as F
@@ -14,19 +14,17 @@ from .core import VipError, check_classes
 from .clip import Clip, text_parts
 from .context import ContextPrompt, POSITIONS, symptom_prompt, special_ids
 from .merge import MergePrompt
+from .learner import PromptLearner
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'ViP', 'PlainViP', 'plot_symptom_weights']
+__all__ = ['ViP', 'PlainViP', 'plot_symptom_weights']
 
 # %% ../nbs/06_model.ipynb #80536599
-PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
-
-class ViP(nn.Module):
+class ViP(PromptLearner):
     "ViP: a context prompt and a merge prompt on a frozen CLIP; logits (B, C) from images or image features."
     def __init__(self, clip: Clip, symptoms: dict[str, list[str]], classes: list[str] | None = None,
                  n_ctx: int = 4, csc: bool = False, position: str = 'end', ctx_init: str | None = None,
                  precision: str = 'auto', pack: bool = True):
-        super().__init__()
         if not isinstance(symptoms, dict) or not symptoms:
             raise VipError('symptoms must be a non-empty dict of class name -> list of symptom sentences: '
                            'load a symptom file with vip.symptoms')
@@ -34,99 +32,30 @@ class ViP(nn.Module):
         for c in classes:
             if isinstance(symptoms[c], str) or not len(symptoms[c]):
                 raise VipError(f'class {c!r} has no list of symptoms: give each class at least one symptom sentence')
-        if precision not in PRECISIONS:
-            raise VipError(f'unknown precision {precision!r}: use one of {", ".join(PRECISIONS)}')
-        clip.model.eval().requires_grad_(False)
-        self.clip, self.precision = clip, precision       # a plain attribute: CLIP is not part of the trained state
-        self.classes = list(classes)
+        super().__init__(clip, classes, precision)
         self.symptoms = {c: list(symptoms[c]) for c in self.classes}
         self.context = ContextPrompt(clip, [self.symptoms[c] for c in self.classes], n_ctx, csc, position, ctx_init, pack)
         self.merge = MergePrompt([len(self.symptoms[c]) for c in self.classes], clip.embed_dim).to(clip.device)
 
-    def _apply(self, fn, *args, **kwargs):
-        "Move (or cast) the frozen CLIP together with the prompts."
-        super()._apply(fn, *args, **kwargs)
-        self.clip.model._apply(fn, *args, **kwargs)
-        return self
-
-    def _autocast(self):
-        "Autocast for the frozen encoders: bf16 (else fp16) on CUDA unless precision is 'fp32'; none elsewhere."
-        if self.clip.device.type != 'cuda' or self.precision == 'fp32': return contextlib.nullcontext()
-        fp16 = self.precision == 'fp16' or (self.precision == 'auto' and not torch.cuda.is_bf16_supported())
-        return torch.autocast('cuda', dtype=torch.float16 if fp16 else torch.bfloat16)
-
-    def _float32(self):
-        "Turn autocast off (also a caller's), so that the merge and the logits are computed in float32."
-        dev = self.clip.device.type
-        return torch.autocast(dev, enabled=False) if dev in ('cuda', 'cpu') else contextlib.nullcontext()
-
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        "CLIP's frozen temperature, exp(logit_scale)."
-        return self.clip.model.logit_scale.detach().float().exp()
-
-    @torch.no_grad()
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        "Normalised image features (B, D) from the frozen image encoder, without gradients."
-        with self._autocast():
-            f = self.clip.model.encode_image(images.to(self.clip.device))
-        return F.normalize(f.float(), dim=-1)
-
     def symptom_features(self) -> torch.Tensor:
         "Symptom features (P, D) with the learned context, all symptoms of all classes in class order (not normalised)."
-        with self._autocast():
+        with self.autocast():
             f = self.context.symptom_features(self.clip.model)
         return f.float()
 
     def class_features(self, return_weights: bool = False):
         "Normalised class features (C, D); with `return_weights` also the symptom weights (C, S) (zero at padding)."
         feats = self.symptom_features()                      # (P, D)
-        with self._float32():
+        with self.float32():
             merged, a = self.merge(feats)                    # (C, D), (C, S)
             cf = F.normalize(merged, dim=-1)
         return (cf, a) if return_weights else cf
-
-    def forward_features(self, feats: torch.Tensor, class_feats: torch.Tensor | None = None) -> torch.Tensor:
-        "Logits (B, C) from image features (B, D), normalised here; pass `class_feats` (C, D) to reuse them."
-        D = self.merge.dim
-        if feats.ndim != 2 or feats.shape[1] != D:
-            raise VipError(f'image features of shape {tuple(feats.shape)} do not fit this model: they must be (B, {D}), '
-                           f'computed with the same CLIP ({self.clip.name})')
-        cf = self.class_features() if class_feats is None else class_feats
-        with self._float32():
-            f = F.normalize(feats.to(self.merge.query.device).float(), dim=-1)
-            return self.logit_scale * f @ cf.float().T       # (B, D) @ (D, C) -> (B, C)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        "Logits (B, C) of already-transformed images (B, 3, H, W)."
-        return self.forward_features(self.encode_image(images))
-
-    def prompt_parameters(self) -> list[nn.Parameter]:
-        "The learned tensors, for an optimiser (the same as `parameters()`: CLIP is not a submodule)."
-        return [self.context.ctx, self.merge.query, self.merge.w_q.weight, self.merge.w_k.weight]
 
     @torch.no_grad()
     def symptom_weights(self) -> dict[str, list[tuple[str, float]]]:
         "Each class's symptoms with their merge-prompt weights: {class: [(symptom, weight), ...]}."
         _, a = self.class_features(return_weights=True)                        # (C, S)
         return {c: [(s, float(a[i, j])) for j, s in enumerate(self.symptoms[c])] for i, c in enumerate(self.classes)}
-
-    def prompt_state_dict(self) -> dict[str, torch.Tensor]:
-        "The learned tensors only (context.ctx, merge.query, merge.w_q.weight, merge.w_k.weight), detached copies."
-        return {k: v.detach().clone().contiguous() for k, v in self.state_dict().items()}
-
-    def load_prompt_state_dict(self, sd: dict[str, torch.Tensor]) -> ViP:
-        "Load tensors saved from `prompt_state_dict`, checking every name and shape (a VipError says what differs)."
-        want = {k: tuple(v.shape) for k, v in self.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in sd.items()}
-        missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-        wrong = [f'{k} {got[k]} != {want[k]}' for k in want if k in got and got[k] != want[k]]
-        if missing or unexpected or wrong:
-            raise VipError(f'these prompt weights do not fit this model (missing {missing}, unexpected {unexpected}, '
-                           f'wrong shapes {wrong}): build the ViP with the backbone, classes, symptoms, n_ctx and csc '
-                           f'they were trained with')
-        self.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-        return self
 
     def prompt_config(self) -> dict:
         "What the learned tensors depend on (backbone, classes, symptoms, n_ctx, csc, position), as plain JSON values."
