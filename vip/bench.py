@@ -15,7 +15,7 @@ from .model import ViP, PlainViP
 
 # %% auto #0
 __all__ = ['bench_symptoms', 'time_interleaved', 'median_ratio', 'bench_prompt_side', 'bench_steps', 'run_bench',
-           'format_results', 'auto_threads', 'main']
+           'format_results', 'auto_threads']
 
 # %% ../nbs/06a_bench.ipynb #b099cf57
 _BENCH_2x4 = {
@@ -151,46 +151,3 @@ def auto_threads() -> tuple[int, float | None]:
     except (AttributeError, OSError): return n, None
     free = (os.cpu_count() or n) - load
     return max(1, min(n, int(free + 0.5))), load
-
-# %% ../nbs/06a_bench.ipynb #4d95cadc
-def main(argv=None) -> int:
-    "The `vip_bench` command: time vip against the straightforward implementation and print median ratios."
-    p = argparse.ArgumentParser(prog='vip_bench', description='Time vip against the straightforward ViP '
-                                '(loop over classes, 77 positions) and print median times and ratios.')
-    p.add_argument('--backbone', default='ViT-B/16', help='CLIP backbone (default: ViT-B/16)')
-    p.add_argument('--pretrained', default=None, help='weights (default: random weights; timings are the same)')
-    p.add_argument('--device', default='cpu', help="'cpu' (default), 'cuda', 'mps' or 'auto'")
-    p.add_argument('--reps', type=int, default=3, help='timed rounds after one warm-up round (default 3; more = steadier)')
-    p.add_argument('--batch', type=int, default=8, help='images per training step (default 8)')
-    p.add_argument('--parts', default='abc', help="which measurements: any of 'a', 'b', 'c' (default abc)")
-    p.add_argument('--threads', type=int, default=0, help='torch CPU threads (default 0: the cores other programs leave free)')
-    p.add_argument('--no-pack', action='store_true', help="time vip without packing (one batch cut to the longest prompt)")
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--json', default=None, help='also write all times to this JSON file')
-    p.add_argument('--check', action='store_true', help='exit with status 1 when a target is missed')
-    a = p.parse_args(argv)
-    before = torch.get_num_threads()
-    try:
-        load = None
-        if a.threads > 0: torch.set_num_threads(a.threads)
-        elif get_device(a.device).type == 'cpu':
-            threads, load = auto_threads()
-            torch.set_num_threads(threads)
-        t0 = time.perf_counter()
-        res = run_bench(a.backbone, a.pretrained, a.device, a.reps, a.batch, a.parts, a.seed, pack=not a.no_pack)
-        dev = get_device(a.device)
-        head = (f'vip_bench: {a.backbone} ({"random weights" if a.pretrained is None else a.pretrained}) on {dev}, '
-                f'{"no packing, " if a.no_pack else ""}'
-                f'{torch.get_num_threads()} threads{"" if load is None else f" (load average {load:.1f} on {os.cpu_count()} cores)"}, '
-                f'{a.reps} rounds after 1 warm-up round, medians '
-                f'({time.perf_counter() - t0:.0f} s)')
-        print(format_results(res, head))
-        if a.json:
-            from vip.core import atomic_write
-            atomic_write(a.json, json.dumps(dict(args=vars(a), device=str(dev), threads=torch.get_num_threads(),
-                                                 results=res), indent=1))
-    except VipError as e:
-        print(f'vip_bench: {e}', file=sys.stderr)
-        return 2
-    finally: torch.set_num_threads(before)
-    return 1 if a.check and any(r['ok'] is False for r in res) else 0

@@ -57,8 +57,8 @@ def _pack_plan(lengths: list[int], groups: list[int], n_prefix: int, max_len: in
     return best
 
 # %% ../nbs/04_context.ipynb #9fbbb523
-def _pack_index(rows: list[list[int]], row_len: int, lengths: list[int], n_prefix: int, L: int):
-    "Source index into the flattened (P*L) prompts, position ids, attention allowed (R, row_len, row_len), [EOT] row and column."
+def _pack_positions(rows: list[list[int]], row_len: int, lengths: list[int], n_prefix: int, L: int):
+    "Source index into the flattened (P*L) prompts, position ids and segment of each packed position; [EOT] row and column."
     R, P = len(rows), len(lengths)
     src = torch.zeros(R, row_len, dtype=torch.long)
     pos = torch.zeros(R, row_len, dtype=torch.long)
@@ -75,12 +75,21 @@ def _pack_index(rows: list[list[int]], row_len: int, lengths: list[int], n_prefi
             eot_row[p], eot_col[p] = r, col + n - 1
             col += n
         pos[r, col:] = torch.arange(col, row_len).clamp(max=L - 1)
-    i = torch.arange(row_len)
+    return src, pos, seg, eot_row, eot_col
+
+# %% ../nbs/04_context.ipynb #ce260bca
+def _pack_attention(seg: torch.Tensor) -> torch.Tensor:
+    "Attention allowed (R, N, N) in packed rows of segments `seg` (R, N): the prefix and the own prompt, causally."
+    i = torch.arange(seg.shape[1])
     causal = i[None, :] <= i[:, None]                                # (row_len, row_len) key <= query
     same = (seg[:, None, :] == seg[:, :, None]) | (seg[:, None, :] == -1)   # (R, row_len, row_len)
     unused = seg[:, :, None] == -2
-    allowed = causal & (same & ~unused | unused & (i[None, :] == i[:, None]))
-    return src, pos, allowed, eot_row, eot_col
+    return causal & (same & ~unused | unused & (i[None, :] == i[:, None]))
+
+def _pack_index(rows: list[list[int]], row_len: int, lengths: list[int], n_prefix: int, L: int):
+    "Source index into the flattened (P*L) prompts, position ids, attention allowed (R, row_len, row_len), [EOT] row and column."
+    src, pos, seg, eot_row, eot_col = _pack_positions(rows, row_len, lengths, n_prefix, L)
+    return src, pos, _pack_attention(seg), eot_row, eot_col
 
 # %% ../nbs/04_context.ipynb #2bd26228
 def _packable(model: nn.Module) -> bool:
@@ -111,67 +120,100 @@ def eot_positions(ids: torch.Tensor, eot_id: int) -> torch.Tensor:
     return (ids == eot_id).int().argmax(-1)
 
 # %% ../nbs/04_context.ipynb #4a65c02d
+def _check_symptoms(symptoms, position: str):
+    "A clear error for an unknown context position, or for symptoms that are not a non-empty list per class."
+    if position not in POSITIONS:
+        raise VipError(f'unknown context position {position!r}: use one of {", ".join(POSITIONS)}')
+    if isinstance(symptoms, dict) or not len(symptoms) or any(isinstance(g, str) or not len(g) for g in symptoms):
+        raise VipError('symptoms must be one non-empty list of sentences per class: check the symptom file')
+
+def _context_from_words(clip: Clip, ctx_init: str, eot_id: int) -> torch.Tensor:
+    "The token embeddings (M, W) of the words `ctx_init`: M is their number of tokens."
+    words = ' '.join(str(ctx_init).split())
+    wids = clip.tokenizer([words])[0]
+    n_ctx = int(eot_positions(wids[None], eot_id)[0]) - 1
+    if n_ctx < 1: raise VipError(f'ctx_init {ctx_init!r} has no tokens: give words such as "a photo of a"')
+    emb = text_parts(clip.model).token_embedding
+    with torch.no_grad(): return emb(wids[1:1 + n_ctx].to(clip.device)).float()      # (M, W)
+
+# %% ../nbs/04_context.ipynb #8116ec25
+def _init_context(clip: Clip, n_cls: int, n_ctx: int, csc: bool, ctx_init: str | None, eot_id: int) -> torch.Tensor:
+    "The starting context (M, W), or (C, M, W) with `csc`: the words `ctx_init`, or drawn from N(0, 0.02^2)."
+    init = None if ctx_init is None else _context_from_words(clip, ctx_init, eot_id)   # (M, W)
+    if init is not None: n_ctx = init.shape[0]            # context from words: M is their number of tokens
+    if not isinstance(n_ctx, int) or n_ctx < 1:
+        raise VipError(f'n_ctx={n_ctx!r}: the context needs at least one token (the paper uses 4)')
+    width = clip.text_width
+    ctx = torch.empty((n_cls, n_ctx, width) if csc else (n_ctx, width), device=clip.device)
+    if init is None: nn.init.normal_(ctx, std=0.02)
+    else: ctx.copy_(init.expand_as(ctx))
+    return ctx
+
+# %% ../nbs/04_context.ipynb #26495690
+def _tokenize(clip: Clip, prompts: list[str], n_ctx: int, position: str, eot_id: int, period_id: int):
+    "Token ids (P, 77) of `prompts` and the layout of each assembled prompt; a clear error for a prompt too long."
+    n_pos = clip.context_length
+    ids = clip.tokenizer(prompts)                                                # (P, 77)
+    eot = eot_positions(ids, eot_id)                                            # (P,)
+    for p, e in enumerate(eot.tolist()):
+        if e + n_ctx > n_pos - 1:
+            raise VipError(f'symptom {prompts[p]!r} is too long: with {n_ctx} context tokens its prompt '
+                           f'exceeds {n_pos} tokens; shorten it')
+    n_tail = (ids.gather(1, (eot - 1)[:, None])[:, 0] == period_id).long()      # (P,) 1 if a closing '.' token
+    layouts = [_layout(e - 1 - t, t, n_ctx, position) for e, t in zip(eot.tolist(), n_tail.tolist())]
+    return ids, layouts
+
+# %% ../nbs/04_context.ipynb #49e7698e
+def _prompt_buffers(emb: nn.Module, ids: torch.Tensor, layouts: list[list[int]], class_index: torch.Tensor,
+                    n_ctx: int, csc: bool, n_pos: int, device) -> dict[str, torch.Tensor]:
+    "The fixed tensors of the assembled prompts: token embeddings (P, L, W), where the context goes, token ids, [EOT]."
+    L = max(len(l) for l in layouts)
+    src = torch.full((len(layouts), L), n_pos - 1)   # positions past [EOT] read a padding token
+    for p, l in enumerate(layouts): src[p, :len(l)] = torch.tensor(l)
+    is_ctx = src < 0                                                             # (P, L)
+    ctx_index = torch.where(is_ctx, -1 - src, 0)                                 # (P, L) into the M vectors
+    if csc: ctx_index = ctx_index + class_index[:, None] * n_ctx                 # into the C*M vectors
+    src = src.clamp(min=0)
+    with torch.no_grad(): raw = emb(ids.to(device)).float()                      # (P, 77, W)
+    tokens = raw.gather(1, src[..., None].expand(-1, -1, emb.weight.shape[1]).to(device))   # (P, L, W)
+    tokens = tokens.masked_fill(is_ctx[..., None].to(device), 0.)
+    return dict(tokens=tokens, is_ctx=is_ctx, ctx_index=ctx_index,
+                eot=torch.tensor([len(l) - 1 for l in layouts]),              # (P,) [EOT] in the assembled prompt
+                token_ids=ids.gather(1, src).masked_fill(is_ctx, -1),        # (P, L), -1 at context positions
+                class_index=class_index)
+
+# %% ../nbs/04_context.ipynb #17a6b7db
+def _pack_buffers(model: nn.Module, layouts: list[list[int]], class_index: torch.Tensor, csc: bool, n_ctx: int,
+                  position: str, n_pos: int) -> dict[str, torch.Tensor]:
+    "The packing plan as tensors: prompts share rows, and the shared prefix is written once a row."
+    n_prefix = {'end': 1 + n_ctx, 'middle': 1 + n_ctx // 2, 'front': 1}[position]
+    lengths = [len(l) for l in layouts]
+    rows, row_len = _pack_plan(lengths, class_index.tolist() if csc else [0] * len(lengths), n_prefix, n_pos)
+    src_p, pos_p, allowed, row, col = _pack_index(rows, row_len, lengths, n_prefix, max(lengths))
+    heads = text_parts(model).transformer.resblocks[0].attn.num_heads
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, float('-inf'))           # (R, N, N) additive
+    return dict(pack_src=src_p, pack_pos=pos_p, pack_mask=mask.repeat_interleave(heads, 0),  # (R*heads, N, N)
+                pack_row=row, pack_col=col)
+
+# %% ../nbs/04_context.ipynb #77cfc844
 class ContextPrompt(nn.Module):
     "Learned context vectors (M, W), or (C, M, W) with `csc`, placed around the tokens of every symptom prompt."
     def __init__(self, clip: Clip, symptoms: list[list[str]], n_ctx: int = 4, csc: bool = False,
                  position: str = 'end', ctx_init: str | None = None, pack: bool = True):
         super().__init__()
-        if position not in POSITIONS:
-            raise VipError(f'unknown context position {position!r}: use one of {", ".join(POSITIONS)}')
-        if isinstance(symptoms, dict) or not len(symptoms) or any(isinstance(g, str) or not len(g) for g in symptoms):
-            raise VipError('symptoms must be one non-empty list of sentences per class: check the symptom file')
+        _check_symptoms(symptoms, position)
         emb, n_pos, dev = text_parts(clip.model).token_embedding, clip.context_length, clip.device
         sos_id, period_id, eot_id = special_ids(clip.tokenizer)
-        init = None
-        if ctx_init is not None:                          # context from words: M is their number of tokens
-            words = ' '.join(str(ctx_init).split())
-            wids = clip.tokenizer([words])[0]
-            n_ctx = int(eot_positions(wids[None], eot_id)[0]) - 1
-            if n_ctx < 1: raise VipError(f'ctx_init {ctx_init!r} has no tokens: give words such as "a photo of a"')
-            with torch.no_grad(): init = emb(wids[1:1 + n_ctx].to(dev)).float()     # (M, W)
-        if not isinstance(n_ctx, int) or n_ctx < 1:
-            raise VipError(f'n_ctx={n_ctx!r}: the context needs at least one token (the paper uses 4)')
+        ctx = _init_context(clip, len(symptoms), n_ctx, csc, ctx_init, eot_id)
+        n_ctx = ctx.shape[-2]                             # M (with ctx_init, the number of its tokens)
         self.n_cls, self.n_ctx, self.csc, self.position = len(symptoms), n_ctx, bool(csc), position
-        width = emb.weight.shape[1]
-        ctx = torch.empty((self.n_cls, n_ctx, width) if csc else (n_ctx, width), device=dev)
-        if init is None: nn.init.normal_(ctx, std=0.02)
-        else: ctx.copy_(init.expand_as(ctx))
         self.ctx = nn.Parameter(ctx)                      # (M, W) shared, or (C, M, W) class-specific
-
         self.prompts = [symptom_prompt(s) for g in symptoms for s in g]
         class_index = torch.tensor([c for c, g in enumerate(symptoms) for _ in g])   # (P,)
-        ids = clip.tokenizer(self.prompts)                                           # (P, 77)
-        eot = eot_positions(ids, eot_id)                                            # (P,)
-        for p, e in enumerate(eot.tolist()):
-            if e + n_ctx > n_pos - 1:
-                raise VipError(f'symptom {self.prompts[p]!r} is too long: with {n_ctx} context tokens its prompt '
-                               f'exceeds {n_pos} tokens; shorten it')
-        n_tail = (ids.gather(1, (eot - 1)[:, None])[:, 0] == period_id).long()      # (P,) 1 if a closing '.' token
-        layouts = [_layout(e - 1 - t, t, n_ctx, position) for e, t in zip(eot.tolist(), n_tail.tolist())]
-        L = max(len(l) for l in layouts)
-        src = torch.full((len(layouts), L), n_pos - 1)   # positions past [EOT] read a padding token
-        for p, l in enumerate(layouts): src[p, :len(l)] = torch.tensor(l)
-        is_ctx = src < 0                                                             # (P, L)
-        ctx_index = torch.where(is_ctx, -1 - src, 0)                                 # (P, L) into the M vectors
-        if csc: ctx_index = ctx_index + class_index[:, None] * n_ctx                 # into the C*M vectors
-        src = src.clamp(min=0)
-        with torch.no_grad(): raw = emb(ids.to(dev)).float()                         # (P, 77, W)
-        tokens = raw.gather(1, src[..., None].expand(-1, -1, width).to(dev))         # (P, L, W)
-        tokens = tokens.masked_fill(is_ctx[..., None].to(dev), 0.)
-        buffers = dict(tokens=tokens, is_ctx=is_ctx, ctx_index=ctx_index,
-                       eot=torch.tensor([len(l) - 1 for l in layouts]),              # (P,) [EOT] in the assembled prompt
-                       token_ids=ids.gather(1, src).masked_fill(is_ctx, -1),        # (P, L), -1 at context positions
-                       class_index=class_index)
+        ids, layouts = _tokenize(clip, self.prompts, n_ctx, position, eot_id, period_id)
+        buffers = _prompt_buffers(emb, ids, layouts, class_index, n_ctx, csc, n_pos, dev)
         self.pack = bool(pack) and _packable(clip.model)
-        if self.pack:                                     # prompts share rows; the shared prefix is written once a row
-            n_prefix = {'end': 1 + n_ctx, 'middle': 1 + n_ctx // 2, 'front': 1}[position]
-            lengths = [len(l) for l in layouts]
-            rows, row_len = _pack_plan(lengths, class_index.tolist() if csc else [0] * len(lengths), n_prefix, n_pos)
-            src_p, pos_p, allowed, row, col = _pack_index(rows, row_len, lengths, n_prefix, L)
-            heads = text_parts(clip.model).transformer.resblocks[0].attn.num_heads
-            mask = torch.zeros(allowed.shape).masked_fill(~allowed, float('-inf'))           # (R, N, N) additive
-            buffers.update(pack_src=src_p, pack_pos=pos_p, pack_mask=mask.repeat_interleave(heads, 0),  # (R*heads, N, N)
-                           pack_row=row, pack_col=col)
+        if self.pack: buffers.update(_pack_buffers(clip.model, layouts, class_index, csc, n_ctx, position, n_pos))
         for k, v in buffers.items(): self.register_buffer(k, v.to(dev), persistent=False)
         self._decoder = getattr(clip.tokenizer, 'decoder', None)
         self._special = {sos_id: '[SOS]', eot_id: '[EOT]'}
@@ -202,9 +244,8 @@ def _token_text(cop: ContextPrompt, i: int, m: int) -> str:
     if cop._decoder is None: return str(i)
     return cop._decoder[i].replace('</w>', '')
 
-@torch.no_grad()
-def describe(cop: ContextPrompt, p: int = 0, classes: list[str] | None = None, width: int = 100) -> str:
-    "A diagram of assembled prompt `p`: position, token and role (S start, C context, s symptom, . period, E end)."
+def _columns(cop: ContextPrompt, p: int) -> list[tuple[str, str, str]]:
+    "(position, token, role) of each position of prompt `p` up to its [EOT]."
     ids, is_ctx = cop.token_ids[p].tolist(), cop.is_ctx[p].tolist()
     eot, m = int(cop.eot[p]), (cop.ctx_index[p] % cop.n_ctx).tolist()
     cols = []
@@ -213,16 +254,25 @@ def describe(cop: ContextPrompt, p: int = 0, classes: list[str] | None = None, w
         role = ('C' if is_ctx[k] else 'S' if k == 0 else 'E' if k == eot else
                 '.' if k == eot - 1 and tok == '.' else 's')
         cols.append((str(k), tok, role))
-    kind = 'class-specific' if cop.csc else 'shared'
-    c = int(cop.class_index[p])
-    lines = [f'prompt {p} (class {c if classes is None else repr(classes[c])}): {cop.prompts[p]!r}',
-             f'position {cop.position!r}, {cop.n_ctx} {kind} context tokens, [EOT] at {eot} '
-             f'(prompts assembled to L={cop.tokens.shape[1]} of 77 positions)']
-    row, n = [], 0
-    for col in cols + [None]:                            # wrap the three rows at `width` characters
+    return cols
+
+# %% ../nbs/04_context.ipynb #7ebfe8c1
+def _wrap_columns(cols: list[tuple[str, str, str]], width: int) -> list[str]:
+    "The three rows of `cols`, aligned, in blocks of at most `width` characters (a blank line before each block)."
+    lines, row, n = [], [], 0
+    for col in cols + [None]:
         w = 0 if col is None else max(len(c) for c in col) + 1
         if col is None or (row and n + w > width):
             lines += [''] + [' '.join(c[r].ljust(max(len(x) for x in c)) for c in row).rstrip() for r in range(3)]
             row, n = [], 0
         if col is not None: row.append(col); n += w
-    return '\n'.join(lines)
+    return lines
+
+@torch.no_grad()
+def describe(cop: ContextPrompt, p: int = 0, classes: list[str] | None = None, width: int = 100) -> str:
+    "A diagram of assembled prompt `p`: position, token and role (S start, C context, s symptom, . period, E end)."
+    kind, c, eot = 'class-specific' if cop.csc else 'shared', int(cop.class_index[p]), int(cop.eot[p])
+    lines = [f'prompt {p} (class {c if classes is None else repr(classes[c])}): {cop.prompts[p]!r}',
+             f'position {cop.position!r}, {cop.n_ctx} {kind} context tokens, [EOT] at {eot} '
+             f'(prompts assembled to L={cop.tokens.shape[1]} of 77 positions)']
+    return '\n'.join(lines + _wrap_columns(_columns(cop, p), width))

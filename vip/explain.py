@@ -13,18 +13,19 @@ import torch.nn.functional as F
 
 from .core import VipError, atomic_write
 from .data import ImageDataset, load_image, to_rgb
+from .clip import DATA_SAMPLES
 
 # %% auto #0
 __all__ = ['symptom_labels', 'image_scores', 'symptom_baseline', 'Evidence', 'explain_features', 'explain_image',
            'plot_class_symptoms', 'plot_evidence', 'most_confident', 'plot_gallery', 'has_widget_frontend', 'Explorer',
-           'explorer', 'save_run_explanations', 'load_run']
+           'explorer', 'save_run_explanations']
 
 # %% ../nbs/10_explain.ipynb #65479a65
 def _check_vip(model):
     "Raise a `VipError` unless `model` is a ViP (symptoms and a merge prompt)."
     if not (hasattr(model, 'symptoms') and hasattr(model, 'merge')):
         raise VipError(f'{type(model).__name__} has no symptoms or merge prompt: explanations need a ViP model '
-                       f"(fit(...)['modules']['vip'] or load_run(run_dir))")
+                       f"(fit(...).modules['vip'] or vip.run.load_run(run_dir))")
 
 def symptom_labels(model) -> list[tuple[str, str]]:
     "The (class, symptom) of each of the P symptom features of `model`, in their order."
@@ -360,7 +361,6 @@ def _dataset_title(run_dir: Path) -> str:
     cfg = run_dir/'config.json'
     if not cfg.is_file(): return run_dir.name
     data = Path(json.loads(cfg.read_text()).get('data', run_dir.name))
-    from vip.clip import DATA_SAMPLES
     synthetic = data.resolve().parent == DATA_SAMPLES.resolve()
     return data.name + (' (synthetic teaching data)' if synthetic else '')
 
@@ -375,14 +375,3 @@ def save_run_explanations(run_dir: str | Path, model, before: dict | None = None
         atomic_write(run_dir/'symptom_weights_before.json', json.dumps(
             {c: [[s, float(w)] for s, w in sw] for c, sw in before.items()}, indent=1) + '\n')
     return atomic_write(run_dir/'symptom_weights.png', buf.getvalue())
-
-def load_run(run_dir: str | Path, device: str = 'auto', checkpoint: str = 'vip-best.safetensors'):
-    "The trained ViP of a run folder and the data splits it was trained on: (model, {split: ImageDataset})."
-    from vip.train import open_run, build_method, load_checkpoint
-    run_dir = Path(run_dir)
-    if (run_dir/'config.json').is_file() and not (run_dir/checkpoint).is_file():
-        raise VipError(f'{run_dir} has no {checkpoint}: train ViP there first (vip_train --method vip)')
-    cfg, splits, symptoms, clip = open_run(run_dir, device)
-    model = build_method('vip', clip, splits['train'].classes, symptoms, cfg).to(clip.device)
-    load_checkpoint(run_dir/checkpoint, model)
-    return model.eval(), splits

@@ -8,6 +8,7 @@ import json, math, time
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -37,6 +38,28 @@ def _smoothstep_edge(d, width):
     "1 inside (d<0), 0 outside, with a soft transition of `width` pixels."
     return 1.0 / (1.0 + np.exp(np.clip(d / max(width, 1e-3), -30, 30)))
 
+# %% ../nbs/02a_pocket.ipynb #541f69f1
+def _line(img, rng, colour, width=0.6, curve=True):
+    "`img` with a thin line of `colour` between two random points, bent sideways when `curve`."
+    x0, y0, x1, y1 = rng.uniform(0, SIZE, 4)
+    t = np.linspace(0, 1, 200)
+    bend = rng.uniform(-12, 12) if curve else 0
+    px = x0 + (x1 - x0) * t + bend * np.sin(np.pi * t) * (y1 - y0) / (abs(y1 - y0) + abs(x1 - x0) + 1e-3)
+    py = y0 + (y1 - y0) * t - bend * np.sin(np.pi * t) * (x1 - x0) / (abs(y1 - y0) + abs(x1 - x0) + 1e-3)
+    m = np.zeros((SIZE, SIZE), np.float32)
+    xi, yi = np.clip(px.astype(int), 0, SIZE - 1), np.clip(py.astype(int), 0, SIZE - 1)
+    m[yi, xi] = 1
+    if width > 0.5:
+        m = np.maximum(m, np.roll(m, 1, 0))
+    return img * (1 - m[..., None]) + np.array(colour, np.float32) * m[..., None]
+
+def _smooth_noise(rng, cells):
+    "Smooth noise in 0..1 (SIZE, SIZE): a `cells` x `cells` grid of random values, resized bicubically."
+    g = rng.uniform(0, 1, (cells + 1, cells + 1)).astype(np.float32)
+    im = Image.fromarray((g * 255).astype(np.uint8)).resize((SIZE, SIZE), Image.BICUBIC)
+    return np.asarray(im, np.float32) / 255.0
+
+# %% ../nbs/02a_pocket.ipynb #66b5c2b8
 def _radius(theta, r0, shape, edges, rng):
     "Radius of the blob boundary at angles theta."
     r = np.full_like(theta, r0)
@@ -52,100 +75,109 @@ def _radius(theta, r0, shape, edges, rng):
             r = r * (1 + rng.uniform(0.05, 0.09) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)))
     return r
 
-def draw_spot(rng, shape='symmetric', edges='smooth', colours=('brown',), dots=False, redness=False,
-              position='center', background=None, size=None, hair=0, light=0.0):
-    "A 64x64 RGB float picture of one spot with the given look."
+# %% ../nbs/02a_pocket.ipynb #528104a9
+def _skin(rng, background=None):
+    "A 64x64 skin-coloured picture with a little noise, and its colour `bg`."
     bg = np.array(background if background is not None else SKIN[rng.integers(len(SKIN))], np.float32)
     bg = bg * rng.uniform(0.92, 1.05)
     img = np.ones((SIZE, SIZE, 3), np.float32) * bg
     img += rng.normal(0, 0.015, (SIZE, SIZE, 1)).astype(np.float32)
+    return img, bg
+
+def _add_redness(img, d, bg, rng):
+    "`img` with a reddish halo fading out over a few pixels outside the outline (`d`: distance to the outline)."
+    halo = np.exp(-np.clip(d, 0, None) / rng.uniform(3, 5)) * (d > -2)
+    red = np.array(COLOURS['red'], np.float32) * 0.6 + bg * 0.4
+    return img * (1 - 0.75 * halo[..., None]) + red * 0.75 * halo[..., None]
+
+# %% ../nbs/02a_pocket.ipynb #d56df172
+def _colour_field(rng, colours, r0, cx, cy):
+    "The colour field inside a spot: one colour, or several as blotches (nearest of random seed points), with noise."
+    cols = [np.array(COLOURS[c], np.float32) for c in colours]
+    if len(cols) == 1:
+        field = np.ones((SIZE, SIZE, 3), np.float32) * cols[0] * rng.uniform(0.9, 1.1)
+    else:
+        seeds = rng.uniform(-r0, r0, (len(cols) * 2, 2)) + (cx, cy)
+        dd = (_XX[..., None] - seeds[:, 0]) ** 2 + (_YY[..., None] - seeds[:, 1]) ** 2
+        which = np.argmin(dd, -1) % len(cols)
+        field = np.stack(cols)[which]
+    return field + rng.normal(0, 0.03, (SIZE, SIZE, 1)).astype(np.float32)
+
+def _add_dots(img, rng, cx, cy, r0):
+    "`img` with four to eight small dark dots inside the spot of radius about `r0` around (cx, cy)."
+    for _ in range(rng.integers(4, 9)):
+        a, rr = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.7) * r0
+        px, py = cx + rr * np.cos(a), cy + rr * np.sin(a)
+        dot = _smoothstep_edge(np.sqrt((_XX - px) ** 2 + (_YY - py) ** 2) - rng.uniform(0.9, 1.6), 0.4)
+        img = img * (1 - dot[..., None]) + 0.05 * dot[..., None]
+    return img
+
+# %% ../nbs/02a_pocket.ipynb #2db7b2da
+def draw_spot(rng, shape='symmetric', edges='smooth', colours=('brown',), dots=False, redness=False,
+              position='center', background=None, size=None, hair=0, light=0.0):
+    "A 64x64 RGB float picture of one spot with the given look."
+    img, bg = _skin(rng, background)
     cx, cy = POSITIONS[position]
     cx, cy = cx + rng.uniform(-3, 3), cy + rng.uniform(-3, 3)
     r0 = size if size is not None else rng.uniform(9, 14)
     dx, dy = _XX - cx, _YY - cy
     dist, theta = np.sqrt(dx ** 2 + dy ** 2), np.arctan2(dy, dx)
-    rad = _radius(theta, r0, shape, edges, rng)
-    d = dist - rad
-    if redness:
-        halo = np.exp(-np.clip(d, 0, None) / rng.uniform(3, 5)) * (d > -2)
-        red = np.array(COLOURS['red'], np.float32) * 0.6 + bg * 0.4
-        img = img * (1 - 0.75 * halo[..., None]) + red * 0.75 * halo[..., None]
+    d = dist - _radius(theta, r0, shape, edges, rng)                 # < 0 inside the outline
+    if redness: img = _add_redness(img, d, bg, rng)
     mask = _smoothstep_edge(d, rng.uniform(2.5, 3.5) if edges == 'blurry' else 0.5)
-    # colour field inside the spot
-    cols = [np.array(COLOURS[c], np.float32) for c in colours]
-    if len(cols) == 1:
-        field = np.ones((SIZE, SIZE, 3), np.float32) * cols[0] * rng.uniform(0.9, 1.1)
-    else:
-        # several colours as blotches: nearest of random seed points
-        seeds = rng.uniform(-r0, r0, (len(cols) * 2, 2)) + (cx, cy)
-        dd = (_XX[..., None] - seeds[:, 0]) ** 2 + (_YY[..., None] - seeds[:, 1]) ** 2
-        which = np.argmin(dd, -1) % len(cols)
-        field = np.stack(cols)[which]
-    field = field + rng.normal(0, 0.03, (SIZE, SIZE, 1)).astype(np.float32)
+    field = _colour_field(rng, colours, r0, cx, cy)
     img = img * (1 - mask[..., None]) + field * mask[..., None]
-    if dots:
-        for _ in range(rng.integers(4, 9)):
-            a, rr = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.7) * r0
-            px, py = cx + rr * np.cos(a), cy + rr * np.sin(a)
-            dot = _smoothstep_edge(np.sqrt((_XX - px) ** 2 + (_YY - py) ** 2) - rng.uniform(0.9, 1.6), 0.4)
-            img = img * (1 - dot[..., None]) + 0.05 * dot[..., None]
+    if dots: img = _add_dots(img, rng, cx, cy, r0)
     for _ in range(hair):
         img = _line(img, rng, colour=(0.15, 0.1, 0.08), width=0.5)
     if light: img = img * (1 + light * (_XX - 32) / 64)[..., None]
     return np.clip(img, 0, 1)
 
-def _line(img, rng, colour, width=0.6, curve=True):
-    x0, y0, x1, y1 = rng.uniform(0, SIZE, 4)
-    t = np.linspace(0, 1, 200)
-    bend = rng.uniform(-12, 12) if curve else 0
-    px = x0 + (x1 - x0) * t + bend * np.sin(np.pi * t) * (y1 - y0) / (abs(y1 - y0) + abs(x1 - x0) + 1e-3)
-    py = y0 + (y1 - y0) * t - bend * np.sin(np.pi * t) * (x1 - x0) / (abs(y1 - y0) + abs(x1 - x0) + 1e-3)
-    m = np.zeros((SIZE, SIZE), np.float32)
-    xi, yi = np.clip(px.astype(int), 0, SIZE - 1), np.clip(py.astype(int), 0, SIZE - 1)
-    m[yi, xi] = 1
-    if width > 0.5:
-        m = np.maximum(m, np.roll(m, 1, 0))
-    return img * (1 - m[..., None]) + np.array(colour, np.float32) * m[..., None]
+# %% ../nbs/02a_pocket.ipynb #92a777a3
+def _dark_oval(img, rng, patch_pos):
+    "`img` turned gray outside one large dark oval near `patch_pos`, and the oval's mask `inside`."
+    ox, oy = POSITIONS[patch_pos]
+    ox, oy = ox + rng.uniform(-3, 3), oy + rng.uniform(-3, 3)
+    rx, ry = rng.uniform(10, 15), rng.uniform(13, 20)
+    inside = _smoothstep_edge((np.sqrt(((_XX - ox) / rx) ** 2 + ((_YY - oy) / ry) ** 2) - 1) * rx, 1.2)
+    return img * inside + rng.uniform(0.35, 0.65) * (1 - inside), inside
+
+def _hazy_cloud(rng, patch_pos):
+    "A hazy cloud near `patch_pos`: a Gaussian shaped by smooth noise."
+    cx, cy = POSITIONS[patch_pos]
+    cx, cy = cx + rng.uniform(-4, 4), cy + rng.uniform(-4, 4)
+    s = rng.uniform(5, 9)
+    cloud = np.exp(-(((_XX - cx) / s) ** 2 + ((_YY - cy) / (s * rng.uniform(0.8, 1.3))) ** 2))
+    noise = _smooth_noise(rng, 4)
+    return cloud * (0.6 + 0.6 * noise)
+
+# %% ../nbs/02a_pocket.ipynb #ad879dfc
+def _bright_base(img, rng, base, inside):
+    "`img` with a bright region at the bottom whose upper edge is `'flat'` or `'curved'` (kept within `inside`)."
+    level = rng.uniform(44, 54)
+    if base == 'flat': edge = np.full(SIZE, level)
+    else: edge = level - rng.uniform(6, 10) * np.cos(np.linspace(-1.2, 1.2, SIZE)) + 4
+    m = _smoothstep_edge(edge[None, :] - _YY, 0.8) * inside
+    return img * (1 - m) + rng.uniform(0.7, 0.85) * m
 
 def draw_field(rng, patch=None, patch_pos='left', lines=0, base=None, oval=False):
     "A dark field (or a dark oval on gray): a hazy patch, thin lines, a bright base region with a flat or curved upper edge."
     bg_level = rng.uniform(0.02, 0.15)
     img = np.full((SIZE, SIZE), bg_level, np.float32) + rng.normal(0, 0.02, (SIZE, SIZE)).astype(np.float32)
     inside = np.ones((SIZE, SIZE), np.float32)
-    if oval:  # one large dark oval on a gray background; patches and lines fall inside it
-        ox, oy = POSITIONS[patch_pos]
-        ox, oy = ox + rng.uniform(-3, 3), oy + rng.uniform(-3, 3)
-        rx, ry = rng.uniform(10, 15), rng.uniform(13, 20)
-        inside = _smoothstep_edge((np.sqrt(((_XX - ox) / rx) ** 2 + ((_YY - oy) / ry) ** 2) - 1) * rx, 1.2)
-        img = img * inside + rng.uniform(0.35, 0.65) * (1 - inside)
+    if oval: img, inside = _dark_oval(img, rng, patch_pos)    # patches and lines fall inside the oval
     if patch:
-        cx, cy = POSITIONS[patch_pos]
-        cx, cy = cx + rng.uniform(-4, 4), cy + rng.uniform(-4, 4)
-        s = rng.uniform(5, 9)
-        cloud = np.exp(-(((_XX - cx) / s) ** 2 + ((_YY - cy) / (s * rng.uniform(0.8, 1.3))) ** 2))
-        noise = _smooth_noise(rng, 4)
-        cloud = cloud * (0.6 + 0.6 * noise)
+        cloud = _hazy_cloud(rng, patch_pos)
         img = img + rng.uniform(0.45, 0.7) * cloud * inside
     for _ in range(lines):
         img3 = _line(np.repeat(img[..., None], 3, -1), rng, colour=(0.6,) * 3, width=0.5, curve=True)
         img = np.where(inside > 0.5, img3[..., 0], img) if oval else img3[..., 0]
-    if base:
-        level = rng.uniform(44, 54)
-        if base == 'flat': edge = np.full(SIZE, level)
-        else: edge = level - rng.uniform(6, 10) * np.cos(np.linspace(-1.2, 1.2, SIZE)) + 4
-        m = _smoothstep_edge(edge[None, :] - _YY, 0.8) * (inside if oval else 1)
-        img = img * (1 - m) + rng.uniform(0.7, 0.85) * m
+    if base: img = _bright_base(img, rng, base, inside if oval else 1)
     return np.clip(np.repeat(img[..., None], 3, -1), 0, 1)
-
-def _smooth_noise(rng, cells):
-    g = rng.uniform(0, 1, (cells + 1, cells + 1)).astype(np.float32)
-    from PIL import Image
-    im = Image.fromarray((g * 255).astype(np.uint8)).resize((SIZE, SIZE), Image.BICUBIC)
-    return np.asarray(im, np.float32) / 255.0
 
 # %% ../nbs/02a_pocket.ipynb #82cfc217
 SPOT_WORDS = ['spot', 'spot', 'blob', 'mark']
-PHRASES = {
+_SPOT_PHRASES = {  # looks of a spot -> phrasings ({o} the spot word, {c}/{cs} colours, {p} a place)
     'symmetric': ['the {o} is symmetric', 'a round, even {o}', 'the {o} looks the same on both sides',
                   'a symmetric {o}', 'the {o} has a regular, balanced shape'],
     'lopsided': ['the {o} is lopsided', 'a lopsided, uneven {o}', 'the {o} is not the same on both sides',
@@ -167,7 +199,10 @@ PHRASES = {
     'hair': ['thin dark hairs', 'a few thin dark lines across it'],
     'pos': ['on the {p}', 'at the {p}', 'placed on the {p}'],
     'size_small': ['a small {o}', 'the {o} is small'], 'size_large': ['a large {o}', 'the {o} is big'],
-    # field scenes
+}
+
+# %% ../nbs/02a_pocket.ipynb #909983b2
+_FIELD_PHRASES = {  # looks of a field scene -> phrasings
     'dark': ['a dark field', 'a dark background', 'a black, empty field', 'a dark picture'],
     'hazy': ['a hazy white patch', 'a cloudy bright patch', 'a soft white cloud', 'a blurry bright patch',
              'a hazy, cloudy white area'],
@@ -180,7 +215,13 @@ PHRASES = {
     'oval': ['a dark oval on a gray background', 'a dark field inside a gray frame', 'a large dark oval'],
     'inside': ['inside the dark field', 'within the dark oval', 'in the dark area'],
 }
+PHRASES = {**_SPOT_PHRASES, **_FIELD_PHRASES}
 POS_WORDS = {'left': 'left', 'right': 'right', 'top': 'top', 'bottom': 'bottom', 'center': 'middle'}
+
+# %% ../nbs/02a_pocket.ipynb #6dc214c3
+def _phrase(rng, key, **kw) -> str:
+    "One phrasing of the look `key`, picked by `rng` and filled in with `kw`."
+    return str(rng.choice(PHRASES[key])).format(**kw)
 
 def _join(parts, rng):
     rng.shuffle(parts)
@@ -189,23 +230,28 @@ def _join(parts, rng):
     if rng.random() < 0.3: s = rng.choice(['a picture of ', 'a photo showing ', 'here: ', 'an image with ']) + s
     return s + '.'
 
-def caption(attrs: dict, rng) -> str:
-    "A plain-word caption of a world picture; the wording varies with `rng`."
-    P = lambda key, **kw: str(rng.choice(PHRASES[key])).format(**kw)
-    if attrs['kind'] == 'spot':
-        o = str(rng.choice(SPOT_WORDS))
-        parts = [P(attrs['shape'], o=o)] if rng.random() < 0.85 else []
-        if rng.random() < 0.85: parts.append(P(attrs['edges'], o=o))
-        cols = attrs['colours']
-        if rng.random() < 0.85:
-            if len(cols) == 1: parts.append(P('one', c=cols[0], o=o))
-            else: parts.append(P('several', cs=', '.join(cols[:-1]) + ' and ' + cols[-1], o=o))
-        if attrs['dots'] and rng.random() < 0.9: parts.append(P('dots', o=o))
-        if attrs['redness'] and rng.random() < 0.9: parts.append(P('redness', o=o))
-        if attrs['hair'] and rng.random() < 0.7: parts.append(P('hair'))
-        if rng.random() < 0.4: parts.append(P('pos', p=POS_WORDS[attrs['position']]))
-        if not parts: parts.append(P(attrs['shape'], o=o))
-        return _join(parts, rng)
+# %% ../nbs/02a_pocket.ipynb #2895434b
+def _spot_parts(attrs: dict, rng) -> list[str]:
+    "Phrases for most of the looks of a spot picture."
+    P = lambda key, **kw: _phrase(rng, key, **kw)
+    o = str(rng.choice(SPOT_WORDS))
+    parts = [P(attrs['shape'], o=o)] if rng.random() < 0.85 else []
+    if rng.random() < 0.85: parts.append(P(attrs['edges'], o=o))
+    cols = attrs['colours']
+    if rng.random() < 0.85:
+        if len(cols) == 1: parts.append(P('one', c=cols[0], o=o))
+        else: parts.append(P('several', cs=', '.join(cols[:-1]) + ' and ' + cols[-1], o=o))
+    if attrs['dots'] and rng.random() < 0.9: parts.append(P('dots', o=o))
+    if attrs['redness'] and rng.random() < 0.9: parts.append(P('redness', o=o))
+    if attrs['hair'] and rng.random() < 0.7: parts.append(P('hair'))
+    if rng.random() < 0.4: parts.append(P('pos', p=POS_WORDS[attrs['position']]))
+    if not parts: parts.append(P(attrs['shape'], o=o))
+    return parts
+
+# %% ../nbs/02a_pocket.ipynb #54d1a248
+def _field_parts(attrs: dict, rng) -> list[str]:
+    "Phrases for most of the looks of a field picture."
+    P = lambda key, **kw: _phrase(rng, key, **kw)
     parts = []
     if attrs.get('oval') and rng.random() < 0.8: parts.append(P('oval'))
     if attrs['patch']:
@@ -217,6 +263,11 @@ def caption(attrs: dict, rng) -> str:
     if attrs['base'] and rng.random() < 0.95: parts.append(P('base_' + attrs['base']))
     if not parts: parts.append(P('plain_dark'))
     elif rng.random() < 0.5: parts.append(P('dark'))
+    return parts
+
+def caption(attrs: dict, rng) -> str:
+    "A plain-word caption of a world picture; the wording varies with `rng`."
+    parts = _spot_parts(attrs, rng) if attrs['kind'] == 'spot' else _field_parts(attrs, rng)
     return _join(parts, rng)
 
 # %% ../nbs/02a_pocket.ipynb #7e10f603
@@ -233,7 +284,9 @@ def sample_world_attrs(rng) -> dict:
                 lines=int(rng.integers(2, 6)) if rng.random() < 0.45 else 0,
                 base=[None, 'flat', 'curved'][int(rng.choice(3, p=[0.5, 0.25, 0.25]))], oval=bool(rng.random() < 0.5))
 
+# %% ../nbs/02a_pocket.ipynb #036882de
 def render(attrs: dict, rng) -> np.ndarray:
+    "The picture (64x64x3 float) of world attributes `attrs`."
     if attrs['kind'] == 'spot':
         return draw_spot(rng, shape=attrs['shape'], edges=attrs['edges'], colours=tuple(attrs['colours']),
                          dots=attrs['dots'], redness=attrs['redness'], position=attrs['position'], hair=attrs['hair'],
@@ -254,37 +307,57 @@ def _to_tensor(pics: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(pics).permute(0, 3, 1, 2).float() / 255      # (B, 3, 64, 64)
     return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
 
-def pretrain_pocket_clip(out: str | Path, steps: int = 1400, batch_size: int = 256, n_world: int = 40_000,
-                         lr: float = 5e-4, seed: int = 0, log_every: int = 100) -> Path:
-    "Train the pocket CLIP on the picture world from scratch and save it as float16 safetensors at `out`."
-    import open_clip
-    from safetensors.torch import save
+def _pocket_model(seed: int):
+    "A freshly initialised pocket CLIP (torch seeded with `seed`) in training mode, and its tokenizer."
     torch.manual_seed(seed)
     register_config('pocket-clip', POCKET_CONFIG)
     model = open_clip.create_model('pocket-clip', pretrained=None)
-    tok = open_clip.get_tokenizer('pocket-clip')
-    attrs, pics = make_world(n_world, seed)
+    return model, open_clip.get_tokenizer('pocket-clip')
+
+# %% ../nbs/02a_pocket.ipynb #c7f30415
+def _optimizer(model, lr: float, steps: int, warm: int = 100):
+    "AdamW and its schedule: a linear warm-up over `warm` steps, then a cosine decay to zero at `steps`."
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
-    warm = 100
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
                                               0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+    return opt, sched
+
+def _contrastive_loss(model, tok, loss_fn, captions: list[str], pics: np.ndarray) -> torch.Tensor:
+    "CLIP's symmetric loss on a batch of pictures (B, 64, 64, 3) and their captions."
+    ids = tok(captions)                                                # (B, 77)
+    eot = ids.argmax(-1); L = int(eot.max()) + 1
+    img_f = F.normalize(model.encode_image(_to_tensor(pics)), dim=-1)                                   # (B, D)
+    txt_f = F.normalize(encode_token_embeddings(model, model.token_embedding(ids[:, :L]), eot), dim=-1)  # (B, D)
+    return loss_fn(img_f, txt_f, model.logit_scale.exp())
+
+# %% ../nbs/02a_pocket.ipynb #99b91c65
+def pretrain_pocket_clip(out: str | Path, steps: int = 1400, batch_size: int = 256, n_world: int = 40_000,
+                         lr: float = 5e-4, seed: int = 0, log_every: int = 100) -> Path:
+    "Train the pocket CLIP on the picture world from scratch and save it as float16 safetensors at `out`."
+    from safetensors.torch import save
+    model, tok = _pocket_model(seed)
+    attrs, pics = make_world(n_world, seed)
+    opt, sched = _optimizer(model, lr, steps)
     loss_fn, rng, t0 = open_clip.ClipLoss(), np.random.default_rng(seed + 1), time.time()
     model.train()
     for step in range(steps):
+        # forward: a batch of world pictures, their captions drawn afresh
         idx = rng.choice(len(attrs), batch_size, replace=False)
-        ids = tok([caption(attrs[i], rng) for i in idx])                  # (B, 77)
-        eot = ids.argmax(-1); L = int(eot.max()) + 1
-        img_f = F.normalize(model.encode_image(_to_tensor(pics[idx])), dim=-1)                              # (B, D)
-        txt_f = F.normalize(encode_token_embeddings(model, model.token_embedding(ids[:, :L]), eot), dim=-1)  # (B, D)
-        loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
+        loss = _contrastive_loss(model, tok, loss_fn, [caption(attrs[i], rng) for i in idx], pics[idx])
+        # backward, step, and keep the logit scale at most 100
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
         with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
+        # log
         if step % log_every == 0 or step == steps - 1:
             print(f'step {step:5d}  loss {loss.item():.3f}  {time.time() - t0:6.0f} s', flush=True)
     sd = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
     return atomic_write(out, save(sd))
 
 # %% ../nbs/02a_pocket.ipynb #9d1dafd8
+def _image_features(clip: Clip, pics: np.ndarray) -> torch.Tensor:
+    "Normalised image features (B, D) of uint8 world pictures (B, 64, 64, 3)."
+    return F.normalize(clip.model.encode_image(_to_tensor(pics).to(clip.device)).float(), dim=-1)
+
 @torch.no_grad()
 def retrieval_accuracy(clip: Clip, n: int = 1000, group: int = 100, seed: int = 12345) -> dict[str, float]:
     "Top-1 picture-to-caption and caption-to-picture accuracy on `n` held-out world pictures, in groups of `group`."
@@ -293,12 +366,13 @@ def retrieval_accuracy(clip: Clip, n: int = 1000, group: int = 100, seed: int = 
     caps = [caption(a, rng) for a in attrs]
     i2t = t2i = 0
     for s in range(0, n, group):
-        img = F.normalize(clip.model.encode_image(_to_tensor(pics[s:s + group]).to(clip.device)).float(), dim=-1)
+        img = _image_features(clip, pics[s:s + group])                      # (G, D)
         sim = img @ encode_texts(clip, caps[s:s + group]).T                  # (G, G)
         target = torch.arange(sim.shape[0], device=sim.device)
         i2t += (sim.argmax(1) == target).sum().item(); t2i += (sim.argmax(0) == target).sum().item()
     return {'image_to_caption': i2t / n, 'caption_to_image': t2i / n}
 
+# %% ../nbs/02a_pocket.ipynb #f977d2b9
 PROBES = {  # attribute -> (value -> prompt); judged on spot pictures of the held-out world
     'shape': {'symmetric': 'a symmetric spot.', 'lopsided': 'a lopsided spot.'},
     'edges': {'smooth': 'a spot with smooth edges.', 'jagged': 'a spot with jagged edges.', 'blurry': 'a spot with blurry edges.'},
@@ -310,7 +384,7 @@ def probe_accuracy(clip: Clip, n: int = 600, seed: int = 12345) -> dict[str, flo
     "Zero-shot accuracy of the `PROBES` attributes on held-out world spot pictures."
     attrs, pics = make_world(n, seed)
     keep = [i for i, a in enumerate(attrs) if a['kind'] == 'spot']
-    img = F.normalize(clip.model.encode_image(_to_tensor(pics[keep]).to(clip.device)).float(), dim=-1)
+    img = _image_features(clip, pics[keep])                                  # (B, D)
     out = {}
     for name, values in PROBES.items():
         pred = (img @ encode_texts(clip, list(values.values())).T).argmax(1).tolist()
@@ -332,8 +406,9 @@ def sample_derm_attrs(label: int, rng) -> dict:
                 redness=bool(rng.random() < (0.2 if mel else 0.4)), position=str(rng.choice(list(POSITIONS))),
                 hair=int(rng.random() < 0.1) * int(rng.integers(1, 4)))
 
-def draw_chest(rng, patch=False, base=None, faint=False) -> np.ndarray:
-    "A chest-film-like grayscale picture: two dark fields, a bright spine, thin lines; optionally a hazy patch in one field."
+# %% ../nbs/02a_pocket.ipynb #542aebc9
+def _chest_fields(rng):
+    "A gray body with two dark oval fields: the picture, the fields' mask, and each field's (cx, cy, rx, ry, mask)."
     body = rng.uniform(0.45, 0.65)
     img = np.full((SIZE, SIZE), body, np.float32)
     lung = np.zeros((SIZE, SIZE), np.float32)
@@ -345,7 +420,10 @@ def draw_chest(rng, patch=False, base=None, faint=False) -> np.ndarray:
         m = _smoothstep_edge(d * rx, 1.2)
         lung = np.maximum(lung, m); fields.append((cx, cy, rx, ry, m))
     dark = rng.uniform(0.08, 0.2)
-    img = img * (1 - lung) + dark * lung
+    return img * (1 - lung) + dark * lung, lung, fields
+
+def _spine_and_ribs(img, lung, rng):
+    "`img` with a bright spine down the middle and faint rib-like lines across the fields."
     spine = _smoothstep_edge(np.abs(_XX - 32) - rng.uniform(2, 3.5), 0.8)
     img = np.maximum(img, spine * rng.uniform(0.7, 0.85))
     for _ in range(int(rng.integers(3, 7))):  # rib-like thin lines across the fields
@@ -354,19 +432,34 @@ def draw_chest(rng, patch=False, base=None, faint=False) -> np.ndarray:
         py = y0 + amp * np.cos((t - 32) / 20)
         m = np.zeros((SIZE, SIZE), np.float32); m[np.clip(py.astype(int), 0, SIZE - 1), t.astype(int)] = 1
         img = img + m * lung * rng.uniform(0.04, 0.08)
-    side = int(rng.integers(2))
-    cx, cy_, rx, ry, fm = fields[side]
-    if patch or faint:
-        px, py = cx + rng.uniform(-0.4, 0.4) * rx, cy_ + rng.uniform(-0.5, 0.5) * ry
-        s = rng.uniform(5, 9) if patch else rng.uniform(3, 5)
-        cloud = np.exp(-(((_XX - px) / s) ** 2 + ((_YY - py) / (s * rng.uniform(0.8, 1.5))) ** 2))
-        cloud = cloud * (0.55 + 0.7 * _smooth_noise(rng, 5))
-        img = img + (rng.uniform(0.4, 0.65) if patch else rng.uniform(0.1, 0.2)) * cloud * fm
-    if base:
-        level = cy_ + ry * rng.uniform(0.35, 0.6)
-        edge = level - rng.uniform(3, 6) * np.cos((np.arange(SIZE) - cx) / rx * 1.3)
-        m = _smoothstep_edge(edge[None, :] - _YY, 1.0) * fm
-        img = img * (1 - m) + rng.uniform(0.55, 0.75) * m
+    return img
+
+# %% ../nbs/02a_pocket.ipynb #69155d49
+def _chest_haze(img, rng, field, strong: bool):
+    "`img` with a hazy patch in one `field`: a strong one (pneumonia-like) or, unless `strong`, a faint one."
+    cx, cy, rx, ry, fm = field
+    px, py = cx + rng.uniform(-0.4, 0.4) * rx, cy + rng.uniform(-0.5, 0.5) * ry
+    s = rng.uniform(5, 9) if strong else rng.uniform(3, 5)
+    cloud = np.exp(-(((_XX - px) / s) ** 2 + ((_YY - py) / (s * rng.uniform(0.8, 1.5))) ** 2))
+    cloud = cloud * (0.55 + 0.7 * _smooth_noise(rng, 5))
+    return img + (rng.uniform(0.4, 0.65) if strong else rng.uniform(0.1, 0.2)) * cloud * fm
+
+def _chest_base(img, rng, field):
+    "`img` with a bright region at the bottom of one `field`, its upper edge curved."
+    cx, cy, rx, ry, fm = field
+    level = cy + ry * rng.uniform(0.35, 0.6)
+    edge = level - rng.uniform(3, 6) * np.cos((np.arange(SIZE) - cx) / rx * 1.3)
+    m = _smoothstep_edge(edge[None, :] - _YY, 1.0) * fm
+    return img * (1 - m) + rng.uniform(0.55, 0.75) * m
+
+# %% ../nbs/02a_pocket.ipynb #4b9c8d3f
+def draw_chest(rng, patch=False, base=None, faint=False) -> np.ndarray:
+    "A chest-film-like grayscale picture: two dark fields, a bright spine, thin lines; optionally a hazy patch in one field."
+    img, lung, fields = _chest_fields(rng)
+    img = _spine_and_ribs(img, lung, rng)
+    field = fields[int(rng.integers(2))]                  # the side that gets the findings
+    if patch or faint: img = _chest_haze(img, rng, field, strong=patch)
+    if base: img = _chest_base(img, rng, field)
     img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 0.025, (SIZE, SIZE))
     return np.clip(np.repeat(img[..., None], 3, -1), 0, 1).astype(np.float32)
 
@@ -453,6 +546,7 @@ SYNTH_SYMPTOMS = {  # set -> class -> [(plain visual wording, medical wording)]
                       ('a blurry bright patch with soft edges', 'ill-defined infiltrate')]},
 }
 
+# %% ../nbs/02a_pocket.ipynb #836a4fee
 def write_synth_symptoms(folder: str | Path, overwrite: bool = False) -> list[Path]:
     "Write `<set>.json` (plain wording, medical as original) and `<set>_medical.json` for both synthetic sets."
     from vip.symptoms import save_symptoms
