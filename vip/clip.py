@@ -49,6 +49,7 @@ POCKET_CONFIG = dict(
 DATA_SAMPLES = Path(vip.__file__).resolve().parents[1]/'data_samples'   # beside vip/ in a clone of the repository
 _BUNDLED = {POCKET: ('pocket-clip', POCKET_CONFIG, 'pocket_clip.safetensors')}  # name -> (architecture, config, file)
 
+# %% ../nbs/02_clip.ipynb #ad9459ed
 def bundled_file(name: str) -> Path:
     "Path of a file shipped in the repository's `data_samples/`, or a clear error when vip was installed without it."
     path = DATA_SAMPLES/name
@@ -70,17 +71,20 @@ def register_config(name: str, config: dict) -> str:
     open_clip.add_model_config(path)
     return name
 
-def resolve_backbone(backbone: str, pretrained):
-    "Map a backbone name and a `pretrained` argument to (open_clip name, tag or file or None)."
-    if backbone in BACKBONES:
-        arch, tag = BACKBONES[backbone]
-    elif backbone in _BUNDLED:
+# %% ../nbs/02_clip.ipynb #9c4d52e4
+def _arch_and_tag(backbone: str) -> tuple[str, str | None]:
+    "The open_clip architecture of `backbone` and its default weights (tag or file, None if unknown), registering vip's own."
+    if backbone in BACKBONES: return BACKBONES[backbone]
+    if backbone in _BUNDLED:
         arch, config, file = _BUNDLED[backbone]
         register_config(arch, config)
-        tag = str(DATA_SAMPLES/file)
-    else:
-        arch, tag = backbone, None
+        return arch, str(DATA_SAMPLES/file)
     if backbone == TINY: register_config(TINY, TINY_CONFIG)
+    return backbone, None
+
+def resolve_backbone(backbone: str, pretrained):
+    "Map a backbone name and a `pretrained` argument to (open_clip name, tag or file or None)."
+    arch, tag = _arch_and_tag(backbone)
     if arch not in open_clip.list_models():
         raise VipError(f"unknown backbone {backbone!r}: use one of {', '.join(BACKBONES)}, {POCKET!r}, {TINY!r}, "
                        f"or a name from open_clip.list_models()")
@@ -110,14 +114,18 @@ class TextParts:
     attn_mask: torch.Tensor
     embed_dim: int
 
+def _standard_tower(tower) -> bool:
+    "Whether `tower` is the standard causal CLIP text transformer (EOT pooling, no class token)."
+    return (tower is not None and all(hasattr(tower, a) for a in
+            ('token_embedding', 'positional_embedding', 'transformer', 'ln_final', 'text_projection'))
+            and getattr(tower, 'attn_mask', None) is not None and getattr(tower, 'cls_emb', None) is None
+            and getattr(tower, 'text_pool_type', getattr(tower, 'pool_type', 'argmax')) in ('argmax', 'eos'))
+
+# %% ../nbs/02_clip.ipynb #1b427fd1
 def text_parts(model: nn.Module) -> TextParts:
     "The pieces of a standard CLIP text tower inside an open_clip model, or a clear error."
     tower = model if hasattr(model, 'token_embedding') else getattr(model, 'text', None)
-    ok = (tower is not None and all(hasattr(tower, a) for a in
-          ('token_embedding', 'positional_embedding', 'transformer', 'ln_final', 'text_projection'))
-          and getattr(tower, 'attn_mask', None) is not None and getattr(tower, 'cls_emb', None) is None
-          and getattr(tower, 'text_pool_type', getattr(tower, 'pool_type', 'argmax')) in ('argmax', 'eos'))
-    if not ok:
+    if not _standard_tower(tower):
         raise VipError(f'{type(model).__name__} has a text tower vip cannot drive yet (it needs the standard causal CLIP '
                        f'text transformer): pick a CLIP architecture such as ViT-B-16')
     proj = tower.text_projection
@@ -155,9 +163,36 @@ class Clip:
     @property
     def context_length(self) -> int: return text_parts(self.model).positional_embedding.shape[0]
 
-# %% ../nbs/02_clip.ipynb #409fdad1
-def _load_file(model: nn.Module, path: Path):
-    "Load a local checkpoint into `model` without unpickling arbitrary objects."
+# %% ../nbs/02_clip.ipynb #c36c8b87
+def _checkpoint_file(pretrained) -> Path | None:
+    "The local checkpoint `pretrained` names (by suffix or because it exists), None for a tag or random weights."
+    if pretrained is None or not (Path(str(pretrained)).suffix in ('.safetensors', '.pt', '.pth', '.bin')
+                                  or Path(str(pretrained)).exists()):
+        return None
+    file = Path(pretrained)
+    if not file.is_file():
+        if file.parent == DATA_SAMPLES: bundled_file(file.name)  # explains where bundled files come from
+        raise VipError(f'checkpoint file {file} not found: check the path')
+    return file
+
+# %% ../nbs/02_clip.ipynb #291d0fd8
+def _create_model(arch: str, tag: str | None, quiet: bool = False):
+    "open_clip's model and eval transform of `arch` with the weights `tag` (None: random; `quiet`: no warning about it)."
+    log = logging.getLogger()                         # open_clip warns "initialized randomly" before we load the file
+    level = log.level
+    if quiet: log.setLevel(logging.ERROR)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag)
+    except RuntimeError as e:
+        if tag is None or 'download' not in str(e).lower(): raise
+        raise VipError(f"could not download the {tag!r} weights of {arch} (offline?): pass a local file with "
+                       f"pretrained='path/to/weights.safetensors', or pretrained=None for random weights (a dry run)") from None
+    finally: log.setLevel(level)
+    return model, preprocess
+
+# %% ../nbs/02_clip.ipynb #c49fb057
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    "The state dict in a local checkpoint file (floats as float32), read without unpickling arbitrary objects."
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
         sd = load_file(str(path))
@@ -170,7 +205,12 @@ def _load_file(model: nn.Module, path: Path):
     if not isinstance(sd, dict):
         raise VipError(f'checkpoint {path} does not hold a state dict: save model.state_dict() instead')
     sd = {k.removeprefix('module.'): v for k, v in sd.items()}
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+# %% ../nbs/02_clip.ipynb #8ee45a96
+def _load_file(model: nn.Module, path: Path):
+    "Load a local checkpoint into `model` without unpickling arbitrary objects."
+    sd = _read_state_dict(path)
     try: missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # tensors of the wrong shape
         raise VipError(f'checkpoint {path} does not fit this architecture (tensor shapes differ): check the backbone name') from None
@@ -179,28 +219,13 @@ def _load_file(model: nn.Module, path: Path):
         raise VipError(f'checkpoint {path} does not fit this architecture ({len(missing)} missing, '
                        f'{len(unexpected)} unexpected keys, e.g. {(missing + unexpected)[:3]}): check the backbone name')
 
+# %% ../nbs/02_clip.ipynb #571c6619
 def load_clip(backbone: str = 'ViT-B/16', pretrained: str | Path | None = 'default',
               device: str | torch.device = 'auto') -> Clip:
     "Load a frozen CLIP `backbone` (paper name or open_clip name) with `pretrained` weights (tag, file or None)."
     arch, pretrained = resolve_backbone(backbone, pretrained)
-    file = None
-    if pretrained is not None and (Path(str(pretrained)).suffix in ('.safetensors', '.pt', '.pth', '.bin')
-                                   or Path(str(pretrained)).exists()):
-        file = Path(pretrained)
-        if not file.is_file():
-            if file.parent == DATA_SAMPLES: bundled_file(file.name)  # explains where bundled files come from
-            raise VipError(f'checkpoint file {file} not found: check the path')
-    tag = None if file is not None else pretrained
-    quiet = logging.getLogger()                       # open_clip warns "initialized randomly" before we load the file
-    level = quiet.level
-    if file is not None: quiet.setLevel(logging.ERROR)
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag)
-    except RuntimeError as e:
-        if tag is None or 'download' not in str(e).lower(): raise
-        raise VipError(f"could not download the {tag!r} weights of {arch} (offline?): pass a local file with "
-                       f"pretrained='path/to/weights.safetensors', or pretrained=None for random weights (a dry run)") from None
-    finally: quiet.setLevel(level)
+    file = _checkpoint_file(pretrained)
+    model, preprocess = _create_model(arch, None if file is not None else pretrained, quiet=file is not None)
     if file is not None: _load_file(model, file)
     model = model.to(get_device(device)).eval().requires_grad_(False)
     cfg = open_clip.get_model_preprocess_cfg(model)
@@ -234,6 +259,7 @@ def encode_texts(clip: Clip, texts: list[str], precision: str = 'auto') -> torch
     with autocast(clip.device, precision): f = clip.model.encode_text(ids)   # (N, D)
     return F.normalize(f.float(), dim=-1)
 
+# %% ../nbs/02_clip.ipynb #d683f740
 @torch.no_grad()
 def encode_images(clip: Clip, loader, progress: bool = True, precision: str = 'auto') -> tuple[torch.Tensor, torch.Tensor]:
     "Normalised image features (N, D) and labels (N,) of every batch in `loader`, encoded under `precision`."

@@ -23,13 +23,15 @@ def _mps_available() -> bool:
     mps = getattr(torch.backends, 'mps', None)
     return bool(mps is not None and mps.is_available())
 
-def get_device(device: str | torch.device = 'auto') -> torch.device:
-    "The torch device to use: CUDA, then MPS, then CPU for `'auto'`; otherwise `device`, checked to exist."
-    if isinstance(device, torch.device): device = str(device)
-    if device in (None, '', 'auto'):
-        if torch.cuda.is_available(): return torch.device('cuda')
-        if _mps_available(): return torch.device('mps')
-        return torch.device('cpu')
+def _auto_device() -> torch.device:
+    "CUDA when there is a GPU, then Apple's MPS, then the CPU."
+    if torch.cuda.is_available(): return torch.device('cuda')
+    if _mps_available(): return torch.device('mps')
+    return torch.device('cpu')
+
+# %% ../nbs/00_core.ipynb #66151a10
+def _check_device(device: str) -> torch.device:
+    "The torch device `device`, or a clear error when this machine does not have it."
     dev = torch.device(device)
     if dev.type == 'cuda':
         if not torch.cuda.is_available():
@@ -39,6 +41,12 @@ def get_device(device: str | torch.device = 'auto') -> torch.device:
     if dev.type == 'mps' and not _mps_available():
         raise VipError(f"device {device!r} was asked for but Apple MPS is not available: use device='auto' or 'cpu'")
     return dev
+
+def get_device(device: str | torch.device = 'auto') -> torch.device:
+    "The torch device to use: CUDA, then MPS, then CPU for `'auto'`; otherwise `device`, checked to exist."
+    if isinstance(device, torch.device): device = str(device)
+    if device in (None, '', 'auto'): return _auto_device()
+    return _check_device(device)
 
 # %% ../nbs/00_core.ipynb #240d407e
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
@@ -80,18 +88,19 @@ def seed_everything(seed: int, deterministic: bool = False) -> int:
     return seed
 
 # %% ../nbs/00_core.ipynb #3b038fea
-def make_run_dir(root: str | Path = 'runs', name: str | None = None) -> Path:
-    "Create and return a new, empty run folder under `root`; never reuses or overwrites an existing one."
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    if name is not None:
-        if not re.fullmatch(r'[\w.\-]+', name) or name in ('.', '..'):
-            raise VipError(f"run name {name!r} is not a plain folder name: use letters, digits, '.', '-' or '_'")
-        path = root/name
-        try: path.mkdir()
-        except FileExistsError:
-            raise VipError(f"run folder {path} already exists: choose another name, or remove it yourself") from None
-        return path
+def _named_run_dir(root: Path, name: str) -> Path:
+    "Create the run folder `root/name`: a plain folder name, not taken yet."
+    if not re.fullmatch(r'[\w.\-]+', name) or name in ('.', '..'):
+        raise VipError(f"run name {name!r} is not a plain folder name: use letters, digits, '.', '-' or '_'")
+    path = root/name
+    try: path.mkdir()
+    except FileExistsError:
+        raise VipError(f"run folder {path} already exists: choose another name, or remove it yourself") from None
+    return path
+
+# %% ../nbs/00_core.ipynb #69e015a2
+def _stamped_run_dir(root: Path) -> Path:
+    "Create a run folder under `root` named by the time, with `-1`, `-2`, ... when that name is taken."
     stamp = time.strftime('%Y-%m-%d_%H-%M-%S')
     for i in range(10_000):
         path = root/(stamp if i == 0 else f'{stamp}-{i}')
@@ -100,6 +109,13 @@ def make_run_dir(root: str | Path = 'runs', name: str | None = None) -> Path:
             return path
         except FileExistsError: continue
     raise VipError(f'could not create a new run folder under {root}: clean up old runs')
+
+# %% ../nbs/00_core.ipynb #83b673d5
+def make_run_dir(root: str | Path = 'runs', name: str | None = None) -> Path:
+    "Create and return a new, empty run folder under `root`; never reuses or overwrites an existing one."
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return _stamped_run_dir(root) if name is None else _named_run_dir(root, name)
 
 # %% ../nbs/00_core.ipynb #c647babd
 def check_classes(classes, other, what: str = 'symptom file') -> list[str]:

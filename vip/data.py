@@ -86,6 +86,7 @@ def check_images(paths: list[Path], workers: int = 4, progress: bool = True) -> 
                         disable=not progress or len(paths) < 2000))
     return [r for r in res if r is not None]
 
+# %% ../nbs/01_data.ipynb #4d80e79b
 def _drop_bad(items, on_error: str, where: str, check: bool = True):
     "Check the files of `items`; raise one error listing the bad ones, or skip them with a warning."
     if on_error not in ('raise', 'skip'): raise ValueError("on_error must be 'raise' or 'skip'")
@@ -113,10 +114,9 @@ def find_images(folder: Path) -> list[Path]:
     "Image files directly inside `folder` (by extension, any case), sorted."
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
-def folder_dataset(root: str | Path, split: str = 'train', classes: list[str] | dict[str, str] | None = None,
-                   transform: Callable | None = None, on_error: str = 'raise', check: bool = True) -> ImageDataset:
-    "The dataset of `root/split/<class>/*` with an explicit class order (`classes`: list, or dict folder -> class)."
-    root = Path(root)
+# %% ../nbs/01_data.ipynb #c2d3fa27
+def _class_folders(root: Path, split: str) -> tuple[Path, list[str]]:
+    "The folder `root/split` and the names of its class folders (sorted), or a clear error about the layout."
     if not root.is_dir(): raise VipError(f'data folder {root} not found: check the path')
     folder = root/split
     if not folder.is_dir():
@@ -124,6 +124,14 @@ def folder_dataset(root: str | Path, split: str = 'train', classes: list[str] | 
         raise VipError(f'no {split!r} folder in {root} (found {found}): expected the layout {root}/{split}/<class>/<images>')
     folders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith('.'))
     if not folders: raise VipError(f'{folder} has no class folders: expected {folder}/<class>/<images>')
+    return folder, folders
+
+# %% ../nbs/01_data.ipynb #7666ef1b
+def folder_dataset(root: str | Path, split: str = 'train', classes: list[str] | dict[str, str] | None = None,
+                   transform: Callable | None = None, on_error: str = 'raise', check: bool = True) -> ImageDataset:
+    "The dataset of `root/split/<class>/*` with an explicit class order (`classes`: list, or dict folder -> class)."
+    root = Path(root)
+    folder, folders = _class_folders(root, split)
     mapping = _class_map(folders, classes)
     items = []
     for label, (f, c) in enumerate(mapping.items()):
@@ -136,6 +144,7 @@ def folder_dataset(root: str | Path, split: str = 'train', classes: list[str] | 
 
 # %% ../nbs/01_data.ipynb #0a7fea1a
 def _read_split_file(split_file: str | Path) -> dict:
+    "The JSON of a split file, checked to be of the form {split: [[path, label, class_name], ...]}."
     path = Path(split_file)
     if not path.is_file(): raise VipError(f'split file {path} not found: check the path')
     try: data = json.loads(path.read_text(encoding='utf-8'))
@@ -147,6 +156,7 @@ def _read_split_file(split_file: str | Path) -> dict:
         raise VipError(f'split file {path} is not of the form {{"train": [[path, label, class_name], ...], ...}}: fix it')
     return data
 
+# %% ../nbs/01_data.ipynb #84c41b5e
 def split_classes(data: dict) -> list[str]:
     "Class names in label order from the entries of all splits, checked to be consistent."
     names = {}
@@ -158,6 +168,7 @@ def split_classes(data: dict) -> list[str]:
         raise VipError(f'split file labels {sorted(names)} are not 0..{len(names) - 1}: fix the file')
     return [names[i] for i in range(len(names))]
 
+# %% ../nbs/01_data.ipynb #31e5a6ce
 def split_file_dataset(split_file: str | Path, image_root: str | Path, split: str = 'train',
                        transform: Callable | None = None, on_error: str = 'raise', check: bool = True) -> ImageDataset:
     "One split of a split file (`[relative_path, label, class_name]` entries), images under `image_root`."

@@ -11,6 +11,25 @@ from sklearn import metrics as skm
 __all__ = ['SCALARS', 'classification_metrics', 'summarize', 'format_table', 'plot_confusion', 'plot_roc']
 
 # %% ../nbs/07_evaluate.ipynb #7237a616
+def _auc(y_true: np.ndarray, probs: np.ndarray) -> float:
+    "ROC-AUC of `probs` (N, C): of class 1 for two classes, else one-vs-rest macro over the classes present; NaN with one."
+    present = np.unique(y_true)
+    if len(present) < 2: return float('nan')                          # undefined with one class
+    if probs.shape[1] == 2: return skm.roc_auc_score(y_true, probs[:, 1])
+    p = probs[:, present] / probs[:, present].sum(1, keepdims=True)
+    return skm.roc_auc_score(y_true, p, multi_class='ovr', average='macro', labels=list(present))
+
+def _per_class(cm: np.ndarray, classes: list[str]) -> dict[str, dict]:
+    "Sensitivity, specificity and support of each class from a confusion matrix (rows: truth, columns: prediction)."
+    per_class = {}
+    for i, c in enumerate(classes):
+        tp, fn = cm[i, i], cm[i].sum() - cm[i, i]
+        fp, tn = cm[:, i].sum() - cm[i, i], cm.sum() - cm[i].sum() - cm[:, i].sum() + cm[i, i]
+        per_class[c] = {'sensitivity': float(tp / (tp + fn)) if tp + fn else float('nan'),
+                        'specificity': float(tn / (tn + fp)) if tn + fp else float('nan'), 'support': int(cm[i].sum())}
+    return per_class
+
+# %% ../nbs/07_evaluate.ipynb #1565146a
 def classification_metrics(y_true, probs, classes: list[str]) -> dict:
     "Accuracy, macro-F1, balanced accuracy, ROC-AUC, per-class sensitivity/specificity and the confusion matrix."
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)   # (N,), (N, C)
@@ -19,22 +38,10 @@ def classification_metrics(y_true, probs, classes: list[str]) -> dict:
         raise ValueError(f'probs must have shape (N, C) = ({len(y_true)}, {C}), got {probs.shape}')
     y_pred = probs.argmax(1)
     cm = skm.confusion_matrix(y_true, y_pred, labels=list(range(C)))       # rows: truth, columns: prediction
-    present = np.unique(y_true)
-    if len(present) < 2: auc = float('nan')                               # undefined with one class
-    elif C == 2: auc = skm.roc_auc_score(y_true, probs[:, 1])
-    else:
-        p = probs[:, present] / probs[:, present].sum(1, keepdims=True)
-        auc = skm.roc_auc_score(y_true, p, multi_class='ovr', average='macro', labels=list(present))
-    per_class = {}
-    for i, c in enumerate(classes):
-        tp, fn = cm[i, i], cm[i].sum() - cm[i, i]
-        fp, tn = cm[:, i].sum() - cm[i, i], cm.sum() - cm[i].sum() - cm[:, i].sum() + cm[i, i]
-        per_class[c] = {'sensitivity': float(tp / (tp + fn)) if tp + fn else float('nan'),
-                        'specificity': float(tn / (tn + fp)) if tn + fp else float('nan'), 'support': int(cm[i].sum())}
     return {'accuracy': float(skm.accuracy_score(y_true, y_pred)),
             'macro_f1': float(skm.f1_score(y_true, y_pred, average='macro', labels=list(range(C)), zero_division=0)),
             'balanced_accuracy': float(skm.balanced_accuracy_score(y_true, y_pred)),
-            'auc': float(auc), 'per_class': per_class, 'confusion_matrix': cm.tolist()}
+            'auc': float(_auc(y_true, probs)), 'per_class': _per_class(cm, classes), 'confusion_matrix': cm.tolist()}
 
 # %% ../nbs/07_evaluate.ipynb #ad6e2ce5
 SCALARS = ('accuracy', 'macro_f1', 'balanced_accuracy', 'auc')
@@ -64,6 +71,7 @@ def plot_confusion(cm, classes: list[str], ax=None, title: str = 'confusion matr
     ax.set_xlabel('predicted'); ax.set_ylabel('true'); ax.set_title(title)
     return ax.figure
 
+# %% ../nbs/07_evaluate.ipynb #56ec6f45
 def plot_roc(y_true, probs, classes: list[str], ax=None, title: str = 'ROC'):
     "ROC curve of each class against the rest (one curve for two classes), with its AUC in the legend."
     import matplotlib.pyplot as plt

@@ -15,7 +15,17 @@ from .core import VipError
 # %% auto #0
 __all__ = ['MergePrompt']
 
-# %% ../nbs/05_merge.ipynb #04fcaa6e
+# %% ../nbs/05_merge.ipynb #98354eb5
+def _merge_index(n_symptoms: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    "Gather index (C, S) into the P symptom features, and the mask (C, S) of the slots that hold a symptom."
+    S = max(n_symptoms)
+    start = torch.tensor([0] + n_symptoms[:-1]).cumsum(0)                 # (C,) first prompt of each class
+    slot = torch.arange(S)                                                # (S,)
+    mask = slot[None] < torch.tensor(n_symptoms)[:, None]                 # (C, S) True where a symptom is
+    index = torch.where(mask, start[:, None] + slot[None], 0)             # (C, S) into the P symptom features
+    return index, mask
+
+# %% ../nbs/05_merge.ipynb #1a5385bc
 class MergePrompt(nn.Module):
     "One learned query per class attends over the class's symptom features (in D) and merges them, with a residual."
     def __init__(self, n_symptoms: list[int], dim: int):
@@ -28,11 +38,7 @@ class MergePrompt(nn.Module):
         self.w_q = nn.Linear(dim, dim, bias=False)                            # W_q, weight (D, D)
         self.w_k = nn.Linear(dim, dim, bias=False)                            # W_k, weight (D, D)
         nn.init.xavier_normal_(self.w_q.weight); nn.init.xavier_normal_(self.w_k.weight)
-        S = max(n_symptoms)
-        start = torch.tensor([0] + n_symptoms[:-1]).cumsum(0)                 # (C,) first prompt of each class
-        slot = torch.arange(S)                                                # (S,)
-        mask = slot[None] < torch.tensor(n_symptoms)[:, None]                 # (C, S) True where a symptom is
-        index = torch.where(mask, start[:, None] + slot[None], 0)             # (C, S) into the P symptom features
+        index, mask = _merge_index(n_symptoms)                                # (C, S), (C, S)
         self.register_buffer('index', index, persistent=False)
         self.register_buffer('mask', mask, persistent=False)
 
