@@ -15,7 +15,8 @@ from vip.clip import TINY, encode_texts, load_clip
 from vip.symptoms import check_symptoms, count_tokens, load_symptoms, read_symptom_file, save_symptoms
 from vip.llm import LLMClient, parse_symptoms
 from vip.llm_server import FakeLLMServer
-from vip.generate import Candidate, generate_symptoms, refine_symptoms, symptoms_main as main
+from vip.generate import Candidate, generate_symptoms, refine_symptoms
+from vip.cli import symptoms_main as main
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent/'shared'/'reference'   # the paper's files: read for tests only, never copied
@@ -171,7 +172,7 @@ def test_missing_key_is_a_clear_error(tmp_path, capsys):
 def test_subprocess_prints_no_traceback(server, tmp_path):
     server.default = 'empty'
     argv = [str(a) for a in args(server, tmp_path)]
-    r = subprocess.run([sys.executable, '-c', 'import sys; from vip.generate import symptoms_main as main; sys.exit(main())', *argv],
+    r = subprocess.run([sys.executable, '-c', 'import sys; from vip.cli import symptoms_main as main; sys.exit(main())', *argv],
                        capture_output=True, text=True, timeout=120, env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
     assert r.returncode == 2
     one_line_error(r.stderr, 'empty answer')

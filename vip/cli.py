@@ -18,7 +18,7 @@ from .evaluate import format_table
 
 # %% auto #0
 __all__ = ['train_parser', 'fail', 'run_command', 'train_main', 'main', 'eval_main', 'eval_cli', 'compare_main', 'compare_cli',
-           'bench_main', 'bench_cli']
+           'bench_main', 'bench_cli', 'symptoms_parser', 'symptoms_main', 'symptoms_cli']
 
 # %% ../nbs/12_cli.ipynb #a0c9d9bc
 def _parse_bool(s: str) -> bool:
@@ -167,3 +167,89 @@ def bench_main(argv: list[str] | None = None) -> int:
     return 1 if a.check and any(r['ok'] is False for r in res) else 0
 
 def bench_cli(): sys.exit(bench_main())
+
+# %% ../nbs/12_cli.ipynb #77c31377
+import argparse, logging, sys
+from pathlib import Path
+from .core import VipError, seed_everything
+from .clip import Clip, load_clip
+from .llm import TEMPLATES, LLMClient, default_cache_dir
+from .symptoms import classes_from_folder, one_line, save_symptoms
+from .generate import GenerateOptions, generate_symptoms
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2
+        self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
+
+def symptoms_parser() -> argparse.ArgumentParser:
+    "The `vip_symptoms` argument parser."
+    p = _OneLineParser(prog='vip_symptoms', description='Ask an OpenAI-compatible LLM for the visual symptoms of each '
+                       'class and write a checked symptom file. The API key comes from OPENAI_API_KEY only.')
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--classes', nargs='+', metavar='CLASS', help='class names (quote names with spaces)')
+    src.add_argument('--data', metavar='DIR', help='dataset folder: DIR/{train,val,test}/CLASS/* or DIR/CLASS/*')
+    p.add_argument('--modality', required=True, help='imaging modality, e.g. "chest X-ray" or "dermoscopic image"')
+    p.add_argument('-o', '--output', required=True, metavar='FILE', help='symptom file to write (JSON)')
+    p.add_argument('--force', action='store_true', help='replace FILE if it exists')
+    p.add_argument('--model', default='gpt-4o-mini', help='model name on the server (default: %(default)s)')
+    p.add_argument('-n', type=int, default=4, help='symptoms per class (default: %(default)s)')
+    p.add_argument('--template', default='visual', choices=list(TEMPLATES), help='prompt template (default: %(default)s)')
+    p.add_argument('--candidates', type=int, default=8, help='candidates asked for per question (default: %(default)s)')
+    p.add_argument('--base-url', default=None, help='OpenAI-compatible API root, e.g. http://localhost:11434/v1 '
+                   '(default: $OPENAI_BASE_URL, then OpenAI)')
+    p.add_argument('--cache', default=None, metavar='DIR', help=f'answer cache (default: {default_cache_dir()})')
+    p.add_argument('--no-cache', action='store_true', help='do not read or write the cache')
+    p.add_argument('--offline', action='store_true', help='only replay cached answers; never send a request')
+    p.add_argument('--timeout', type=float, default=60.0, help='seconds to wait for one answer (default: %(default)s)')
+    p.add_argument('--retries', type=int, default=3, help='retries on timeouts, 429 and 5xx (default: %(default)s)')
+    p.add_argument('--no-refine', action='store_true', help='keep the first N candidates as the LLM gave them')
+    p.add_argument('--clip', default='ViT-B/16', help='CLIP for near-duplicates and ranking, or "none" (default: %(default)s)')
+    p.add_argument('--pretrained', default='default', help='CLIP weights: tag, file, or "none" for random (default: %(default)s)')
+    p.add_argument('--threshold', type=float, default=0.95, help='CLIP similarity that counts as a near-duplicate (default: %(default)s)')
+    p.add_argument('--n-ctx', type=int, default=4, help='learned context tokens the prompts must leave room for (default: %(default)s)')
+    return p
+
+# %% ../nbs/12_cli.ipynb #192108d4
+def _refine_clip(args) -> Clip | None:
+    "The CLIP that refining ranks with, or None (--no-refine, --clip none); open_clip's logging kept quiet."
+    if args.no_refine or args.clip.lower() == 'none': return None
+    seed_everything(0)  # random-weight backbones (vip-tiny, --pretrained none) give the same file every run
+    root = logging.getLogger(); level = root.level
+    root.setLevel(logging.CRITICAL)  # open_clip logs about weights; our one-line error (or the meta) says it
+    try: return load_clip(args.clip, None if args.pretrained.lower() == 'none' else args.pretrained)
+    except VipError as e:
+        raise VipError(f'{e}; on the command line: --pretrained FILE, or --clip none to refine by text only') from None
+    finally: root.setLevel(level)
+
+def symptoms_main(argv: list[str] | None = None) -> int:
+    "The `vip_symptoms` command: generate, refine, check and write a symptom file; 0 on success, 2 on failure."
+    args = symptoms_parser().parse_args(argv)
+    try:
+        classes = args.classes if args.classes else classes_from_folder(args.data)
+        out = Path(args.output)
+        if out.exists() and not args.force:
+            raise VipError(f'{out} already exists: pass --force to replace it, or choose another file with -o')
+        if args.no_cache and args.offline: raise VipError('--offline replays the cache, so it cannot go with --no-cache')
+        clip = _refine_clip(args)
+        client = LLMClient(args.model, base_url=args.base_url, cache_dir=None if args.no_cache else (args.cache or default_cache_dir()),
+                           offline=args.offline, timeout=args.timeout, max_retries=args.retries)
+        options = GenerateOptions(n=args.n, template=args.template, candidates=args.candidates, refine=not args.no_refine,
+                                  threshold=args.threshold, n_ctx=args.n_ctx)
+        symptoms, meta = generate_symptoms(classes, args.modality, client=client, options=options, clip=clip)
+        save_symptoms(out, symptoms, meta, overwrite=args.force,
+                      tokenizer=None if clip is None else clip.tokenizer, n_ctx=args.n_ctx)
+    except VipError as e:
+        print(f'vip_symptoms: error: {one_line(e, 500)}', file=sys.stderr); return 2
+    except OSError as e:  # a folder that cannot be written, a full disk
+        print(f'vip_symptoms: error: cannot write {e.filename or "a file"} ({e.strerror or e}): check that the folder '
+              f'is writable, or choose another place (-o, --cache)', file=sys.stderr); return 2
+    except KeyboardInterrupt:
+        print('vip_symptoms: interrupted: nothing was written', file=sys.stderr); return 2
+    except Exception as e:  # a bug: still one line, still nothing written
+        print(f'vip_symptoms: unexpected {type(e).__name__}: {one_line(e)} (nothing was written; please report this '
+              f'at https://github.com/vip-project/vip/issues)', file=sys.stderr); return 2
+    print(f'wrote {out}: {len(symptoms)} classes x {args.n} symptoms ({client.requests} requests, '
+          f'{client.cache_hits} answers from the cache)')
+    return 0
+
+def symptoms_cli(): sys.exit(symptoms_main())

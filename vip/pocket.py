@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .core import VipError, atomic_write
+from .symptoms import save_symptoms
 from .clip import POCKET, DATA_SAMPLES, POCKET_CONFIG, Clip, encode_token_embeddings, encode_texts, register_config
 
 # %% auto #0
@@ -549,7 +550,6 @@ SYNTH_SYMPTOMS = {  # set -> class -> [(plain visual wording, medical wording)]
 # %% ../nbs/02a_pocket.ipynb #836a4fee
 def write_synth_symptoms(folder: str | Path, overwrite: bool = False) -> list[Path]:
     "Write `<set>.json` (plain wording, medical as original) and `<set>_medical.json` for both synthetic sets."
-    from vip.symptoms import save_symptoms
     meta = {'source': 'written by hand by the vip developers for a synthetic teaching set (not medical advice)'}
     out = []
     for name, spec in SYNTH_SYMPTOMS.items():
