@@ -106,6 +106,7 @@ def train_transform(size: int, mean, std, scale=(0.08, 1.0)) -> Callable:
 # %% ../nbs/02_clip.ipynb #ea22db3c
 @dataclass
 class TextParts:
+    "The pieces of a CLIP text tower that vip drives, and D."
     token_embedding: nn.Module
     positional_embedding: torch.Tensor
     transformer: nn.Module
@@ -114,6 +115,7 @@ class TextParts:
     attn_mask: torch.Tensor
     embed_dim: int
 
+# %% ../nbs/02_clip.ipynb #1b427fd1
 def _standard_tower(tower) -> bool:
     "Whether `tower` is the standard causal CLIP text transformer (EOT pooling, no class token)."
     return (tower is not None and all(hasattr(tower, a) for a in
@@ -121,7 +123,7 @@ def _standard_tower(tower) -> bool:
             and getattr(tower, 'attn_mask', None) is not None and getattr(tower, 'cls_emb', None) is None
             and getattr(tower, 'text_pool_type', getattr(tower, 'pool_type', 'argmax')) in ('argmax', 'eos'))
 
-# %% ../nbs/02_clip.ipynb #1b427fd1
+# %% ../nbs/02_clip.ipynb #bccf0e55
 def text_parts(model: nn.Module) -> TextParts:
     "The pieces of a standard CLIP text tower inside an open_clip model, or a clear error."
     tower = model if hasattr(model, 'token_embedding') else getattr(model, 'text', None)

@@ -68,6 +68,7 @@ def autocast(device: str | torch.device, precision: str = 'auto'):
     if dtype is None: return torch.autocast(kind, enabled=False)
     return torch.autocast(kind, dtype=dtype)
 
+# %% ../nbs/00_core.ipynb #393c5593
 def grad_scaler(device: str | torch.device, precision: str = 'auto'):
     "A gradient scaler when training under fp16 on CUDA, else None."
     if torch.device(device).type == 'cuda' and autocast_dtype(device, precision) == torch.float16:

@@ -19,6 +19,7 @@ def _auc(y_true: np.ndarray, probs: np.ndarray) -> float:
     p = probs[:, present] / probs[:, present].sum(1, keepdims=True)
     return skm.roc_auc_score(y_true, p, multi_class='ovr', average='macro', labels=list(present))
 
+# %% ../nbs/07_evaluate.ipynb #c9b232e7
 def _per_class(cm: np.ndarray, classes: list[str]) -> dict[str, dict]:
     "Sensitivity, specificity and support of each class from a confusion matrix (rows: truth, columns: prediction)."
     per_class = {}
