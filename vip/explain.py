@@ -18,7 +18,7 @@ from .clip import DATA_SAMPLES
 # %% auto #0
 __all__ = ['symptom_labels', 'image_scores', 'symptom_baseline', 'Evidence', 'explain_features', 'explain_image',
            'plot_class_symptoms', 'plot_evidence', 'most_confident', 'plot_gallery', 'has_widget_frontend', 'Explorer',
-           'explorer', 'save_run_explanations']
+           'explorer_widget', 'explorer', 'save_run_explanations']
 
 # %% ../nbs/10_explain.ipynb #65479a65
 def _check_vip(model):
@@ -307,42 +307,47 @@ class Explorer:
 
     def widget(self):
         "The ipywidgets view: split, class filter, image picker and upload above the evidence."
-        import ipywidgets as W
-        import matplotlib.pyplot as plt
-        from IPython.display import display
-        split = W.Dropdown(options=list(self.splits), description='split')
-        cls = W.Dropdown(options=['all'] + list(self.model.classes), description='class')
-        pick = W.Dropdown(description='image', layout=W.Layout(width='360px'))
-        upload = W.FileUpload(accept='image/*', multiple=False, description='upload')
-        out = W.Output()
-        def draw(ev, image=None):
-            self.current = ev
-            with out:
-                out.clear_output(wait=True)
-                fig = plot_evidence(ev, image, k=self.k); display(fig); plt.close(fig)
-                print(ev)
-        def picked(_=None):
-            if pick.value is None:
-                with out: out.clear_output(); print('no images of this class in this split')
-            else: draw(self.evidence(split.value, pick.value))
-        def refill(_=None):
-            ds = self.splits[split.value]
-            opts = [(f'{ds.items[i][0].name} ({self.model.classes[ds.items[i][1]]})', i) for i in self.indices(split.value, cls.value)]
-            pick.unobserve(picked, 'value')
-            pick.options, pick.index = opts, (0 if opts else None)     # the first matching image
-            pick.observe(picked, 'value')
-            picked()
-        def uploaded(change):
-            f = _uploaded(change['new'])
-            if f is None: return
-            try: draw(*self.evidence_of_bytes(*f))
-            except VipError as e:
-                with out: out.clear_output(); print(e)
-        split.observe(refill, 'value'); cls.observe(refill, 'value'); upload.observe(uploaded, 'value')
+        return explorer_widget(self)
+
+# %% ../nbs/10_explain.ipynb #bf62b7f3
+def explorer_widget(ex: Explorer):
+    "The ipywidgets view of `ex`: split, class filter, image picker and upload above the evidence."
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+    split = W.Dropdown(options=list(ex.splits), description='split')
+    cls = W.Dropdown(options=['all'] + list(ex.model.classes), description='class')
+    pick = W.Dropdown(description='image', layout=W.Layout(width='360px'))
+    upload = W.FileUpload(accept='image/*', multiple=False, description='upload')
+    out = W.Output()
+    def draw(ev, image=None):
+        ex.current = ev
+        with out:
+            out.clear_output(wait=True)
+            fig = plot_evidence(ev, image, k=ex.k); display(fig); plt.close(fig)
+            print(ev)
+    def picked(_=None):
+        if pick.value is None:
+            with out: out.clear_output(); print('no images of this class in this split')
+        else: draw(ex.evidence(split.value, pick.value))
+    def refill(_=None):
+        ds = ex.splits[split.value]
+        opts = [(f'{ds.items[i][0].name} ({ex.model.classes[ds.items[i][1]]})', i) for i in ex.indices(split.value, cls.value)]
+        pick.unobserve(picked, 'value')
+        pick.options, pick.index = opts, (0 if opts else None)     # the first matching image
         pick.observe(picked, 'value')
-        refill()
-        self.controls = dict(split=split, cls=cls, image=pick, upload=upload, output=out)
-        return W.VBox([W.HBox([split, cls]), W.HBox([pick, upload]), out])
+        picked()
+    def uploaded(change):
+        f = _uploaded(change['new'])
+        if f is None: return
+        try: draw(*ex.evidence_of_bytes(*f))
+        except VipError as e:
+            with out: out.clear_output(); print(e)
+    split.observe(refill, 'value'); cls.observe(refill, 'value'); upload.observe(uploaded, 'value')
+    pick.observe(picked, 'value')
+    refill()
+    ex.controls = dict(split=split, cls=cls, image=pick, upload=upload, output=out)
+    return W.VBox([W.HBox([split, cls]), W.HBox([pick, upload]), out])
 
 # %% ../nbs/10_explain.ipynb #c0c6cb2d
 def explorer(model, splits: dict[str, ImageDataset], baseline: torch.Tensor | None = None, widgets: bool | None = None,
