@@ -355,6 +355,36 @@ def test_invalid_files_give_one_line_errors(tmp_path, content, words):
     assert '\n' not in str(e.value)
 
 
+def test_symptom_file_with_a_byte_order_mark_is_read(tmp_path):
+    "Windows Notepad saves UTF-8 with a byte-order mark; it is still UTF-8 JSON."
+    (tmp_path/'s.json').write_text(json.dumps({'melanoma': ['Ragged border'], 'nevus': ['Round spot']}), encoding='utf-8-sig')
+    assert (tmp_path/'s.json').read_bytes()[:3] == b'\xef\xbb\xbf'
+    assert load_symptoms(tmp_path/'s.json', classes=CLASSES) == {'melanoma': ['Ragged border'], 'nevus': ['Round spot']}
+
+
+@pytest.mark.parametrize('content,words', [
+    ('{"nevus": "Round spot"}', 'not a list: write them as a list of sentences'),
+    ('{"nevus": {"text": "Round spot"}}', 'are an object, not a list'),
+    ('{"nevus": null}', 'are null, not a list'),
+])
+def test_symptoms_that_are_not_a_list_say_so(tmp_path, content, words):
+    (tmp_path/'s.json').write_text(content)
+    with pytest.raises(VipError, match=re.escape(words)) as e: load_symptoms(tmp_path/'s.json')
+    assert 'has no symptoms' not in str(e.value) and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('content,words', [
+    ('{"a": ["x", 3]}', 'is the number 3, not a string'),
+    ('{"a": ["x", ["y"]]}', 'is a list, not a string'),
+    ('{"a": ["x", true]}', 'is true, not a string'),
+    ('3', 'holds the number 3, not an object'),
+])
+def test_wrong_types_are_named_in_plain_words(tmp_path, content, words):
+    (tmp_path/'s.json').write_text(content)
+    with pytest.raises(VipError, match=re.escape(words)) as e: load_symptoms(tmp_path/'s.json')
+    assert not re.search(r'\ba (int|bool|float|NoneType)\b', str(e.value))
+
+
 def test_token_limit_counts_the_context(tmp_path):
     text = ' '.join(['patch'] * 66)  # 66 + '.' = 67 tokens; + SOS/EOS = 69
     assert count_tokens(text + '.') == 67

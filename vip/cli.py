@@ -4,23 +4,27 @@
 
 # %% ../nbs/12_cli.ipynb #cf07b1c5
 from __future__ import annotations
-import argparse, json, os, sys, time
+import argparse, json, os, signal, sys, threading, time
 from dataclasses import fields
 
 import torch
 
 from .core import VipError, get_device, atomic_write
 from .train import TrainConfig, METHODS
-from .run import fit, evaluate_run, FitResult
+from .run import fit, evaluate_run, FitResult, RunInterrupted
 from .compare import compare, comparison_table
 from .bench import run_bench, format_results, auto_threads
 from .evaluate import format_table
 
 # %% auto #0
-__all__ = ['train_parser', 'fail', 'run_command', 'train_main', 'main', 'eval_main', 'eval_cli', 'compare_main', 'compare_cli',
-           'bench_main', 'bench_cli', 'symptoms_parser', 'symptoms_main', 'symptoms_cli']
+__all__ = ['OneLineParser', 'train_parser', 'fail', 'run_command', 'train_main', 'main', 'eval_main', 'eval_cli', 'compare_main',
+           'compare_cli', 'bench_main', 'bench_cli', 'symptoms_parser', 'symptoms_main', 'symptoms_cli']
 
 # %% ../nbs/12_cli.ipynb #a0c9d9bc
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2
+        self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
+
 def _parse_bool(s: str) -> bool:
     if s.lower() in ('1', 'true', 'yes', 'on'): return True
     if s.lower() in ('0', 'false', 'no', 'off'): return False
@@ -38,7 +42,7 @@ def _reader(type_str: str):
 
 def train_parser(prog: str = 'vip_train', conflict_handler: str = 'error') -> argparse.ArgumentParser:
     "The `vip_train` argument parser, one option per `TrainConfig` field."
-    p = argparse.ArgumentParser(prog=prog, conflict_handler=conflict_handler,
+    p = OneLineParser(prog=prog, conflict_handler=conflict_handler,
                                 description='Train and evaluate ViP (and baselines) on a frozen CLIP. With no options: '
                                 'the bundled teaching default (pocket CLIP on derm-synth, synthetic data).')
     default = TrainConfig()
@@ -56,12 +60,22 @@ def fail(prog: str, e: Exception) -> int:
     print(f'{prog}: error: {" ".join(str(e).split())}', file=sys.stderr)
     return 2
 
-def run_command(prog: str, body, interrupted: str = 'interrupted') -> int:
-    "Run `body()` (which returns an exit status) with the commands' one way to fail."
+def _terminated(signum, frame): raise KeyboardInterrupt    # SIGTERM (kill, a batch system) ends a run like Ctrl-C
+
+def run_command(prog: str, body) -> int:
+    "Run `body()` (which returns an exit status) with the commands' one way to fail; SIGTERM counts as Ctrl-C."
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try: return body()
     except VipError as e: return fail(prog, e)
-    except KeyboardInterrupt:
-        print(f'{prog}: {interrupted}', file=sys.stderr); return 130
+    except KeyboardInterrupt as e:
+        run_dir = getattr(e, 'run_dir', None)
+        if run_dir is not None: msg = f'interrupted; continue with: vip_train --resume {run_dir}'
+        elif isinstance(e, RunInterrupted): msg = 'interrupted before the first checkpoint: no run folder was kept'
+        else: msg = 'interrupted'
+        print(f'{prog}: {msg}', file=sys.stderr); return 130
+    finally:
+        if main_thread: signal.signal(signal.SIGTERM, old)
 
 def _table(res: dict) -> str:
     head = f"{res['dataset']} | {res['backbone']} | seed {res['seed']} | shots {res['shots'] or 'all'}"
@@ -81,23 +95,29 @@ def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     opts = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     def body():
+        changed = [k for k, v in opts.items() if v != getattr(TrainConfig(), k)]
+        if args.resume and changed:
+            raise VipError(f'--resume continues a run with the options in its config.json, so --{changed[0]} would be '
+                           f'ignored: drop it, or start a new run with it')
         if args.resume: return _report_fit(fit(resume=args.resume, stop_after=args.stop_after, progress=not args.quiet))
         return _report_fit(fit(TrainConfig(**opts), stop_after=args.stop_after, progress=not args.quiet))
-    return run_command('vip_train', body, 'interrupted; continue with vip_train --resume RUN_DIR')
+    return run_command('vip_train', body)
 
 def main(): sys.exit(train_main())
 
 # %% ../nbs/12_cli.ipynb #f623e502
 def eval_main(argv: list[str] | None = None) -> int:
     "Command `vip_eval RUN_DIR`: re-evaluate a saved run, optionally on another data folder."
-    p = argparse.ArgumentParser(prog='vip_eval', description='Re-evaluate a finished vip_train run.')
+    p = OneLineParser(prog='vip_eval', description='Re-evaluate a finished vip_train run.')
     p.add_argument('run_dir', help='a run folder written by vip_train')
     p.add_argument('--data', default=None, help='another data folder with the same classes (default: the run\'s own)')
     p.add_argument('--split', default='test', help='which split of that folder (default: test)')
     p.add_argument('--split_file', default=None, help='a split file for --data')
+    p.add_argument('--skip_unreadable', type=_parse_bool, default=None,
+                   help="leave out images that cannot be read, with a warning (default: the run's own setting)")
     args = p.parse_args(argv)
     def body():
-        res = evaluate_run(args.run_dir, args.data, args.split, args.split_file)
+        res = evaluate_run(args.run_dir, args.data, args.split, args.split_file, skip_unreadable=args.skip_unreadable)
         print(_table(res)); print(f"written to {res['path']}")
         return 0
     return run_command('vip_eval', body)
@@ -129,7 +149,7 @@ def compare_cli(): sys.exit(compare_main())
 # %% ../nbs/12_cli.ipynb #2f3ed37b
 def bench_main(argv: list[str] | None = None) -> int:
     "The `vip_bench` command: time vip against the straightforward implementation and print median ratios."
-    p = argparse.ArgumentParser(prog='vip_bench', description='Time vip against the straightforward ViP '
+    p = OneLineParser(prog='vip_bench', description='Time vip against the straightforward ViP '
                                 '(loop over classes, 77 positions) and print median times and ratios.')
     p.add_argument('--backbone', default='ViT-B/16', help='CLIP backbone (default: ViT-B/16)')
     p.add_argument('--pretrained', default=None, help='weights (default: random weights; timings are the same)')
@@ -177,13 +197,9 @@ from .llm import TEMPLATES, LLMClient, default_cache_dir
 from .symptoms import classes_from_folder, one_line, save_symptoms
 from .generate import GenerateOptions, generate_symptoms
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # one line, status 2
-        self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
-
 def symptoms_parser() -> argparse.ArgumentParser:
     "The `vip_symptoms` argument parser."
-    p = _OneLineParser(prog='vip_symptoms', description='Ask an OpenAI-compatible LLM for the visual symptoms of each '
+    p = OneLineParser(prog='vip_symptoms', description='Ask an OpenAI-compatible LLM for the visual symptoms of each '
                        'class and write a checked symptom file. The API key comes from OPENAI_API_KEY only.')
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--classes', nargs='+', metavar='CLASS', help='class names (quote names with spaces)')

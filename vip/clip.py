@@ -4,12 +4,13 @@
 
 # %% ../nbs/02_clip.ipynb #991808c5
 from __future__ import annotations
-import json, logging, tempfile
+import contextlib, json, logging, socket, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import open_clip
+from huggingface_hub import constants as hf_constants
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -178,17 +179,35 @@ def _checkpoint_file(pretrained) -> Path | None:
     return file
 
 # %% ../nbs/02_clip.ipynb #291d0fd8
+def _hub_reachable(host: str = 'huggingface.co') -> bool:
+    "Whether the name of the weights' host resolves (a DNS look-up only): without it, a download can only fail."
+    try: socket.getaddrinfo(host, 443); return True
+    except OSError: return False
+
+@contextlib.contextmanager
+def _hub_quiet(offline: bool):
+    "Hugging Face Hub downloads without retry warnings; with `offline`, from the local cache only (no 70 s of retries)."
+    loggers = [logging.getLogger('huggingface_hub')] + ([logging.getLogger()] if offline else [])  # open_clip logs to root
+    levels, was = [g.level for g in loggers], hf_constants.HF_HUB_OFFLINE
+    for g in loggers: g.setLevel(logging.CRITICAL)    # the one-line VipError says what went wrong
+    hf_constants.HF_HUB_OFFLINE = was or offline
+    try: yield
+    finally:
+        for g, lv in zip(loggers, levels): g.setLevel(lv)
+        hf_constants.HF_HUB_OFFLINE = was
+
 def _create_model(arch: str, tag: str | None, quiet: bool = False):
     "open_clip's model and eval transform of `arch` with the weights `tag` (None: random; `quiet`: no warning about it)."
     log = logging.getLogger()                         # open_clip warns "initialized randomly" before we load the file
     level = log.level
     if quiet: log.setLevel(logging.ERROR)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag)
-    except RuntimeError as e:
-        if tag is None or 'download' not in str(e).lower(): raise
-        raise VipError(f"could not download the {tag!r} weights of {arch} (offline?): pass a local file with "
-                       f"pretrained='path/to/weights.safetensors', or pretrained=None for random weights (a dry run)") from None
+        with _hub_quiet(offline=tag is not None and not _hub_reachable()):
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag)
+    except Exception as e:
+        if tag is None or not any(w in f'{type(e).__name__} {e}'.lower() for w in ('download', 'offline', 'connect', 'cache')): raise
+        raise VipError(f"could not download the {tag!r} weights of {arch} (offline?): pass a local weights file "
+                       f"(--pretrained FILE; pretrained='FILE' in Python), or none for random weights (a dry run)") from None
     finally: log.setLevel(level)
     return model, preprocess
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #ef745aab
 from __future__ import annotations
-import json, random, warnings
+import json, random, re, warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,17 +12,18 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 from torch.utils.data import Dataset
 
 from .core import VipError, atomic_write, check_classes
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'to_rgb', 'load_image', 'ImageDataset', 'check_images', 'find_images', 'folder_dataset', 'split_classes',
-           'split_file_dataset', 'sample_k_shot', 'save_split', 'load_splits', 'show_samples']
+__all__ = ['IMAGE_EXTS', 'to_rgb', 'load_image', 'ImageDataset', 'check_images', 'scan_class_folder', 'find_images',
+           'folder_dataset', 'split_classes', 'split_file_dataset', 'sample_k_shot', 'save_split', 'load_splits',
+           'show_samples']
 
 # %% ../nbs/01_data.ipynb #22351e41
-IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff')
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff') + (('.webp',) if features.check('webp') else ())
 
 def to_rgb(img: Image.Image) -> Image.Image:
     "An 8-bit RGB copy of `img`; high bit-depth grayscale is scaled by the image's own range."
@@ -35,20 +36,42 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == 'P' and 'transparency' in img.info: img = img.convert('RGBA')
     return img.convert('RGB')
 
+# %% ../nbs/01_data.ipynb #1a1ff436
+_TOO_LARGE = ('if you trust the source, set PIL.Image.MAX_IMAGE_PIXELS = None (or a higher limit) before loading, '
+              'or downscale the image(s)')
+_UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what Pillow raises for a bad file
+
+def _why(e: Exception, path) -> str:
+    "Why `path` could not be read (Pillow raised `e`), in a few words and without the path."
+    if isinstance(e, Image.DecompressionBombError):
+        n = re.search(r'\((\d+) pixels\)', str(e))
+        return (f"too large: {n[1] if n else 'more'} pixels, over Pillow's limit of {2 * (Image.MAX_IMAGE_PIXELS or 0)} "
+                f"(2 x PIL.Image.MAX_IMAGE_PIXELS)")
+    if isinstance(e, UnidentifiedImageError): return 'not an image file Pillow recognises'
+    if isinstance(e, FileNotFoundError): return 'no such file'
+    s = re.sub(r'\s+', ' ', str(e).replace(repr(str(path)), '').replace(str(path), '')).strip(' :')
+    return s[:100] or type(e).__name__
+
 # %% ../nbs/01_data.ipynb #aec57440
+def _open_rgb(path: str | Path, draft: bool = False) -> Image.Image:
+    "Decode one image file to RGB; what Pillow raises or warns passes through."
+    with Image.open(path) as img:
+        if draft and img.format == 'JPEG': img.draft('RGB', (64, 64))
+        img.load()
+        return to_rgb(ImageOps.exif_transpose(img))
+
 def load_image(path: str | Path, draft: bool = False) -> Image.Image:
     "Open an image file as 8-bit RGB (16-bit scaled by its range, alpha dropped), or raise a `VipError` naming it."
-    from PIL import ImageOps
     try:
-        with Image.open(path) as img:
-            if draft and img.format == 'JPEG': img.draft('RGB', (64, 64))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)  # large but allowed: read it quietly
+            return _open_rgb(path, draft)
     except FileNotFoundError:
         raise VipError(f'image {path} not found: check the path and the image root') from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise VipError(f'cannot read image {path} ({e}): replace or remove the file') from None
+    except _UNREADABLE as e:
+        why = _why(e, path)
+        fix = _TOO_LARGE if why.startswith('too large') else 'replace or remove the file'
+        raise VipError(f'cannot read image {path} ({why}): {fix}') from None
 
 # %% ../nbs/01_data.ipynb #62799bfc
 class ImageDataset(Dataset):
@@ -79,27 +102,34 @@ def check_images(paths: list[Path], workers: int = 4, progress: bool = True) -> 
     "The files among `paths` that cannot be decoded, with the reason."
     from tqdm.auto import tqdm
     def one(p):
-        try: load_image(p, draft=True); return None
-        except VipError as e: return (p, str(e))
-    with ThreadPoolExecutor(workers) as ex:
+        try: _open_rgb(p, draft=True); return None
+        except _UNREADABLE as e: return (p, _why(e, p))
+    with warnings.catch_warnings(), ThreadPoolExecutor(workers) as ex:
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)  # here, once: catch_warnings is not thread-safe
         res = list(tqdm(ex.map(one, paths), total=len(paths), desc='checking images', leave=False,
                         disable=not progress or len(paths) < 2000))
     return [r for r in res if r is not None]
 
 # %% ../nbs/01_data.ipynb #4d80e79b
-def _drop_bad(items, on_error: str, where: str, check: bool = True):
-    "Check the files of `items`; raise one error listing the bad ones, or skip them with a warning."
+def _check_on_error(on_error: str):
+    "Refuse an `on_error` other than 'raise' or 'skip'."
     if on_error not in ('raise', 'skip'): raise ValueError("on_error must be 'raise' or 'skip'")
+
+def _drop_bad(items: dict, on_error: str, where: str, check: bool = True) -> dict:
+    "Check the files of `items` (split -> [(path, label)]): one error for the bad ones of all splits, or skip them (warning)."
+    _check_on_error(on_error)
     if not check: return items
-    bad = check_images([p for p, _ in items])
+    bad = dict(check_images([p for its in items.values() for p, _ in its]))
     if not bad: return items
-    names = '; '.join(f'{p}' for p, _ in bad[:5]) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '')
+    if len(items) > 1: where += ' (' + ', '.join(f'{s}: {sum(p in bad for p, _ in v)}' for s, v in items.items()) + ')'
+    names = '; '.join(f'{p} ({why})' for p, why in list(bad.items())[:3])
+    if len(bad) > 3: names += f' and {len(bad) - 3} more'
     if on_error == 'raise':
+        big = f'; for those too large, {_TOO_LARGE}' if any(w.startswith('too large') for w in bad.values()) else ''
         raise VipError(f"{len(bad)} unreadable image(s) in {where}: {names}. Replace or delete them, "
-                       f"or pass on_error='skip' to leave them out")
+                       f"or leave them out with on_error='skip' (--skip_unreadable true){big}")
     warnings.warn(f'skipping {len(bad)} unreadable image(s) in {where}: {names}')
-    badset = {p for p, _ in bad}
-    return [(p, y) for p, y in items if p not in badset]
+    return {s: [(p, y) for p, y in its if p not in bad] for s, its in items.items()}
 
 # %% ../nbs/01_data.ipynb #1a35dd82
 def _class_map(folders: list[str], classes) -> dict[str, str]:
@@ -110,9 +140,49 @@ def _class_map(folders: list[str], classes) -> dict[str, str]:
     check_classes(list(mapping), folders, what='folder')
     return mapping
 
+# %% ../nbs/01_data.ipynb #ed7ac272
+_LEFT_OUT = {  # what a class folder may hold besides images -> what to do about it ('' for nothing)
+    'dot-file(s)': '',   # macOS ._name companions, .DS_Store and other hidden files: never images
+    'with an unknown extension': f'convert the images among them to one of {"/".join(IMAGE_EXTS)}',
+    'dangling symlink(s)': 'repair or remove the links',
+    'sub-folder(s)': 'move the images in sub-folders up into their class folder',
+}
+
+def _left_out_as(p: Path) -> str | None:
+    "The kind (a key of `_LEFT_OUT`) of a class folder entry that is not read as an image, or None for an image."
+    if p.name.startswith('.'): return 'dot-file(s)'
+    if p.is_symlink() and not p.exists(): return 'dangling symlink(s)'
+    if p.is_dir(): return 'sub-folder(s)'
+    return None if p.is_file() and p.suffix.lower() in IMAGE_EXTS else 'with an unknown extension'
+
+def scan_class_folder(folder: Path) -> tuple[list[Path], dict[str, list[Path]]]:
+    "The image files directly inside `folder` (sorted), and its other entries by kind."
+    images, other = [], {}
+    for p in sorted(Path(folder).iterdir()):
+        kind = _left_out_as(p)
+        if kind is None: images.append(p)
+        else: other.setdefault(kind, []).append(p)
+    return images, other
+
 def find_images(folder: Path) -> list[Path]:
-    "Image files directly inside `folder` (by extension, any case), sorted."
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    "Image files directly inside `folder` (by extension, any case; no dot-files), sorted."
+    return scan_class_folder(folder)[0]
+
+# %% ../nbs/01_data.ipynb #d3165684
+def _warn_left_out(other: dict[str, list[Path]], folder: Path):
+    "One warning line counting the class-folder entries under `folder` not read as images, per kind, with an example."
+    n = sum(map(len, other.values()))
+    if not n: return
+    kinds = ', '.join(f'{len(other[k])} {k} (e.g. {other[k][0].relative_to(folder)})' for k in _LEFT_OUT if other.get(k))
+    fixes = '; '.join(_LEFT_OUT[k] for k in _LEFT_OUT if other.get(k) and _LEFT_OUT[k])
+    fixes = fixes or 'nothing to do (hidden files are not images)'
+    warnings.warn(f'left out {n} file(s) under {folder} that vip does not read as images: {kinds}: {fixes}', stacklevel=3)
+
+def _no_images(folder: Path, other: dict[str, list[Path]]) -> str:
+    "The message for a class folder without images."
+    rest = sorted((p for ps in other.values() for p in ps), key=lambda p: (p.name.startswith('.'), p.name))
+    held = f', only {len(rest)} other file(s) such as {rest[0].name}' if rest else ''
+    return f'class folder {folder} has no images ({", ".join(IMAGE_EXTS)}){held}: add images or remove the folder'
 
 # %% ../nbs/01_data.ipynb #c2d3fa27
 def _class_folders(root: Path, split: str) -> tuple[Path, list[str]]:
@@ -127,27 +197,41 @@ def _class_folders(root: Path, split: str) -> tuple[Path, list[str]]:
     return folder, folders
 
 # %% ../nbs/01_data.ipynb #7666ef1b
+def _folder_items(folder: Path, mapping: dict) -> tuple[list, dict]:
+    "The (path, label) items of the class folders in `folder`, labelled in the order of `mapping`, and what was left out."
+    items, other = [], {}
+    for label, f in enumerate(mapping):
+        files, rest = scan_class_folder(folder/f)
+        if not files: raise VipError(_no_images(folder/f, rest))
+        items += [(p, label) for p in files]
+        for k, ps in rest.items(): other.setdefault(k, []).extend(ps)
+    return items, other
+
+def _folder_splits(root: Path, classes, splits) -> tuple[dict, list[str], dict]:
+    "The items of each split under `root` in one class order (that of the first split), the class names, what was left out."
+    items, other, mapping = {}, {}, classes
+    for s in splits:
+        folder, folders = _class_folders(root, s)
+        mapping = _class_map(folders, mapping)            # later splits: exactly the first split's classes
+        items[s], rest = _folder_items(folder, mapping)
+        for k, ps in rest.items(): other.setdefault(k, []).extend(ps)
+    return items, list(mapping.values()), other
+
+# %% ../nbs/01_data.ipynb #35caf40a
 def folder_dataset(root: str | Path, split: str = 'train', classes: list[str] | dict[str, str] | None = None,
                    transform: Callable | None = None, on_error: str = 'raise', check: bool = True) -> ImageDataset:
     "The dataset of `root/split/<class>/*` with an explicit class order (`classes`: list, or dict folder -> class)."
     root = Path(root)
-    folder, folders = _class_folders(root, split)
-    mapping = _class_map(folders, classes)
-    items = []
-    for label, (f, c) in enumerate(mapping.items()):
-        files = find_images(folder/f)
-        if not files:
-            raise VipError(f'class folder {folder/f} has no images ({", ".join(IMAGE_EXTS)}): add images or remove the folder')
-        items += [(p, label) for p in files]
-    items = _drop_bad(items, on_error, str(folder), check)
-    return ImageDataset(items, list(mapping.values()), transform, root)
+    items, names, other = _folder_splits(root, classes, (split,))
+    _warn_left_out(other, root/split)
+    return ImageDataset(_drop_bad(items, on_error, str(root/split), check)[split], names, transform, root)
 
 # %% ../nbs/01_data.ipynb #0a7fea1a
 def _read_split_file(split_file: str | Path) -> dict:
     "The JSON of a split file, checked to be of the form {split: [[path, label, class_name], ...]}."
     path = Path(split_file)
     if not path.is_file(): raise VipError(f'split file {path} not found: check the path')
-    try: data = json.loads(path.read_text(encoding='utf-8'))
+    try: data = json.loads(path.read_text(encoding='utf-8-sig'))   # -sig: also UTF-8 with a byte-order mark (Notepad)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VipError(f'split file {path} is not valid JSON ({e}): fix or re-download it') from None
     ok = isinstance(data, dict) and all(isinstance(v, list) and all(isinstance(e, (list, tuple)) and len(e) == 3
@@ -162,27 +246,47 @@ def split_classes(data: dict) -> list[str]:
     names = {}
     for entries in data.values():
         for _, y, c in entries:
-            if names.setdefault(int(y), c) != c:
-                raise VipError(f'label {y} is named both {names[int(y)]!r} and {c!r} in the split file: fix the file')
+            try: y = int(y)
+            except (TypeError, ValueError):
+                raise VipError(f'label {y!r} of {c!r} in the split file is not a number: number the classes 0, 1, ...') from None
+            if names.setdefault(y, c) != c:
+                raise VipError(f'label {y} is named both {names[y]!r} and {c!r} in the split file: fix the file')
     if sorted(names) != list(range(len(names))):
         raise VipError(f'split file labels {sorted(names)} are not 0..{len(names) - 1}: fix the file')
     return [names[i] for i in range(len(names))]
 
 # %% ../nbs/01_data.ipynb #31e5a6ce
+def _split_file_items(split_file: str | Path, root: Path, splits) -> tuple[dict, list[str]]:
+    "The (path, label) items of `splits` of a split file, images under `root`, and the class names in label order."
+    data = _read_split_file(split_file)
+    for s in splits:
+        if s not in data: raise VipError(f'split file {split_file} has no {s!r} split (it has {list(data)})')
+    if not root.is_dir(): raise VipError(f'image root {root} not found: point it at the folder the split file paths start from')
+    classes = split_classes(data)                         # first: it checks that every label is a number
+    return {s: [(root/p, int(y)) for p, y, _ in data[s]] for s in splits}, classes
+
+def _drop_missing(items: dict, split_file, root: Path, on_error: str) -> dict:
+    "`items` (split -> items) without the files missing under `root`, or one error counting them in every split."
+    _check_on_error(on_error)
+    missing = {s: [p for p, _ in its if not p.is_file()] for s, its in items.items()}
+    n = sum(map(len, missing.values()))
+    if not n: return items
+    what = f'{n} of {sum(map(len, items.values()))} ' + (f'{next(iter(items))} images' if len(items) == 1 else 'images')
+    per = '' if len(items) == 1 else ' (' + ', '.join(f'{s}: {len(missing[s])} of {len(v)}' for s, v in items.items()) + ')'
+    msg = f'{what} listed in {split_file}{per} are missing under {root}, e.g. {next(m[0] for m in missing.values() if m)}'
+    if on_error == 'raise': raise VipError(msg + ': check image_root (or pass on_error="skip", --skip_unreadable true)')
+    warnings.warn(msg + ': skipped')
+    gone = {p for m in missing.values() for p in m}
+    return {s: [it for it in its if it[0] not in gone] for s, its in items.items()}
+
+# %% ../nbs/01_data.ipynb #1ceb8e0b
 def split_file_dataset(split_file: str | Path, image_root: str | Path, split: str = 'train',
                        transform: Callable | None = None, on_error: str = 'raise', check: bool = True) -> ImageDataset:
     "One split of a split file (`[relative_path, label, class_name]` entries), images under `image_root`."
-    data, root = _read_split_file(split_file), Path(image_root)
-    if split not in data: raise VipError(f'split file {split_file} has no {split!r} split (it has {list(data)})')
-    if not root.is_dir(): raise VipError(f'image root {root} not found: point it at the folder the split file paths start from')
-    classes = split_classes(data)
-    items = [(root/p, int(y)) for p, y, _ in data[split]]
-    missing = [p for p, _ in items if not p.is_file()]
-    if missing:
-        msg = f'{len(missing)} of {len(items)} {split} images listed in {split_file} are missing under {root}, e.g. {missing[0]}'
-        if on_error == 'raise': raise VipError(msg + ': check image_root (or pass on_error="skip")')
-        warnings.warn(msg + ': skipped'); items = [it for it in items if it[0].is_file()]
-    return ImageDataset(_drop_bad(items, on_error, f'{split_file} ({split})', check), classes, transform, root)
+    root = Path(image_root)
+    items, classes = _split_file_items(split_file, root, (split,))
+    items = _drop_bad(_drop_missing(items, split_file, root, on_error), on_error, f'{split_file} ({split})', check)
+    return ImageDataset(items[split], classes, transform, root)
 
 # %% ../nbs/01_data.ipynb #d88177c9
 def sample_k_shot(ds: ImageDataset, k: int, seed: int = 1) -> ImageDataset:
@@ -212,16 +316,18 @@ def save_split(path: str | Path, splits: dict[str, ImageDataset], overwrite: boo
 def load_splits(root: str | Path, split_file: str | Path | None = None, classes=None,
                 splits=('train', 'val', 'test'), on_error: str = 'raise', check: bool = True) -> dict[str, ImageDataset]:
     "The datasets of `splits` from class folders under `root`, or from `split_file` with images under `root`."
+    root, many = Path(root), len(splits) > 1
     if split_file is not None:
-        out = {s: split_file_dataset(split_file, root, s, on_error=on_error, check=check) for s in splits}
-        if classes is not None: check_classes(out[splits[0]].classes, classes, what='requested')
-        return out
-    first = folder_dataset(root, splits[0], classes, on_error=on_error, check=check)
-    out = {splits[0]: first}
-    order = {f: c for f, c in (classes.items() if isinstance(classes, dict) else
-                               ((c, c) for c in first.classes))}
-    for s in splits[1:]: out[s] = folder_dataset(root, s, order, on_error=on_error, check=check)
-    return out
+        items, names = _split_file_items(split_file, root, splits)
+        if classes is not None: check_classes(names, classes, what='requested')
+        items = _drop_missing(items, split_file, root, on_error)
+        where = str(split_file) if many else f'{split_file} ({splits[0]})'
+    else:
+        items, names, other = _folder_splits(root, classes, splits)
+        _warn_left_out(other, root)
+        where = str(root) if many else str(root/splits[0])
+    items = _drop_bad(items, on_error, where, check)
+    return {s: ImageDataset(items[s], names, None, root) for s in splits}
 
 # %% ../nbs/01_data.ipynb #df3f04ef
 def show_samples(ds: ImageDataset, n: int = 4, seed: int = 0, size: float = 1.8):

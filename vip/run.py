@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_run.ipynb #9c8ebc4c
 from __future__ import annotations
-import json, logging, time
+import json, logging, os, shutil, time, warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .core import VipError, get_device, seed_everything, make_run_dir, atomic_write, check_classes
-from .data import load_splits, sample_k_shot, save_split, ImageDataset
+from .data import load_splits, sample_k_shot, save_split, check_images, ImageDataset
 from .clip import Clip, load_clip
 from .symptoms import load_symptoms
 from .evaluate import classification_metrics, plot_confusion, plot_roc, SCALARS
@@ -24,7 +24,7 @@ from .train import (TrainConfig, METHODS, TRAINED, build_method, method_options,
                        predict, load_checkpoint, parse_class_names, dist_setup, broadcast)
 
 # %% auto #0
-__all__ = ['FitResult', 'RunData', 'prepare_run', 'fit', 'plot_history', 'open_run', 'load_run', 'evaluate_run']
+__all__ = ['FitResult', 'RunData', 'prepare_run', 'RunInterrupted', 'fit', 'plot_history', 'open_run', 'load_run', 'evaluate_run']
 
 # %% ../nbs/09a_run.ipynb #cfcdf421
 @dataclass
@@ -59,7 +59,8 @@ class RunData:
 
 def prepare_run(cfg: TrainConfig, check: bool = True) -> RunData:
     "Read the data and the symptoms of resolved `cfg` (checking that their classes agree) and draw the k-shot subsets."
-    splits = load_splits(cfg.data, cfg.split_file, classes=parse_class_names(cfg.class_names), check=check)
+    on_error = 'skip' if cfg.skip_unreadable else 'raise'
+    splits = load_splits(cfg.data, cfg.split_file, classes=parse_class_names(cfg.class_names), on_error=on_error, check=check)
     classes = splits['train'].classes
     symptoms = load_symptoms(cfg.symptoms, classes=classes, n_ctx=cfg.n_ctx) if cfg.symptoms else None
     data = dict(splits)
@@ -84,7 +85,10 @@ def _start(cfg: TrainConfig | None, resume):
         if not (run_dir/'config.json').is_file():
             raise VipError(f'{run_dir} is not a vip run folder (no config.json): pass the folder a run created')
         cfg = TrainConfig(**json.loads((run_dir/'config.json').read_text()))
-    return (cfg or TrainConfig()).resolved().check(), (Path(resume) if resume is not None else None)
+    cfg = (cfg or TrainConfig()).resolved().check()
+    if resume is None and cfg.name and (Path(cfg.out)/cfg.name).exists():      # before any work, as make_run_dir would
+        raise VipError(f'run folder {Path(cfg.out)/cfg.name} already exists: choose another name, or remove it yourself')
+    return cfg, (Path(resume) if resume is not None else None)
 
 def _new_run_dir(rd: RunData, save: bool, rank: int, world: int) -> Path | None:
     run_dir = make_run_dir(rd.cfg.out, rd.cfg.name) if (save and rank == 0) else None
@@ -93,6 +97,27 @@ def _new_run_dir(rd: RunData, save: bool, rank: int, world: int) -> Path | None:
         atomic_write(run_dir/'config.json', json.dumps(asdict(rd.cfg), indent=1) + '\n')
         save_split(run_dir/'split.json', rd.data)
     return run_dir
+
+class RunInterrupted(KeyboardInterrupt):
+    "Ctrl-C (or SIGTERM) during `fit`, with the run folder to resume (None when nothing was kept)."
+    def __init__(self, run_dir: Path | None): super().__init__(str(run_dir)); self.run_dir = run_dir
+
+def _remove_stale_tmp(run_dir: Path):
+    "Remove the temporary files that writers killed mid-write (kill -9) left in `run_dir`."
+    for p in run_dir.glob('.*.tmp'):
+        pid = p.name.rsplit('.', 2)[-2]
+        if not pid.isdigit() or int(pid) == os.getpid() or not _alive(int(pid)): p.unlink(missing_ok=True)
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def _abandon(run_dir: Path | None, rank: int):
+    "After a failed start, remove the new run folder unless a checkpoint shows training began (it can be resumed)."
+    if run_dir is not None and rank == 0 and run_dir.is_dir() and not any(run_dir.glob('*-last.safetensors')):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 # %% ../nbs/09a_run.ipynb #07b37f2f
 def _run_method(m: str, rd: RunData, clip: Clip, feats: dict, run_dir, rank, world, resume, stop_after, progress):
@@ -117,11 +142,23 @@ def fit(cfg: TrainConfig | None = None, resume: str | Path | None = None, stop_a
     cfg, run_dir = _start(cfg, resume)
     rank, world, device = dist_setup(cfg.device)
     seed_everything(cfg.seed)
-    rd = prepare_run(cfg)
+    rd = prepare_run(cfg)                              # data, symptoms and weights are checked before any folder exists
+    clip = load_clip(cfg.backbone, cfg.pretrained, device)
     if resume is None: run_dir = _new_run_dir(rd, save, rank, world)
+    elif rank == 0: _remove_stale_tmp(run_dir)
+    try: return _fit(cfg, rd, clip, run_dir, rank, world, device, resume, stop_after, progress, t0)
+    except KeyboardInterrupt:
+        if resume is None: _abandon(run_dir, rank)
+        raise RunInterrupted(run_dir if run_dir is not None and run_dir.is_dir() else None) from None
+    except BaseException:
+        if resume is None: _abandon(run_dir, rank)
+        raise
+
+# %% ../nbs/09a_run.ipynb #ae660f86
+def _fit(cfg, rd: RunData, clip: Clip, run_dir, rank, world, device, resume, stop_after, progress, t0) -> FitResult:
+    "The body of `fit`, once the run folder exists."
     log = _log(run_dir, rank)
     log.info(f'run {run_dir} on {device} ({world} process(es)): {cfg}')
-    clip = load_clip(cfg.backbone, cfg.pretrained, device)
     show = progress and rank == 0
     feats = {s: dataset_features(clip, rd.data[s], workers=cfg.workers, progress=show, precision=cfg.precision)
              for s in ('val', 'test') + (('train',) if not cfg.augment or 'linear_probe' in cfg.methods() else ())}
@@ -204,6 +241,18 @@ def load_run(run_dir: str | Path, device: str = 'auto', checkpoint: str = 'vip-b
     load_checkpoint(Path(run_dir)/checkpoint, model)
     return model.eval(), rd.splits
 
+# %% ../nbs/09a_run.ipynb #c05fbc21
+def _readable(ds: ImageDataset, where: str, skip: bool) -> ImageDataset:
+    "`ds` after checking its files: an error listing those that cannot be read, or with `skip` a warning and `ds` without them."
+    bad = check_images([p for p, _ in ds.items], progress=False)
+    if not bad: return ds
+    names = ', '.join(f'{Path(p).name} ({why})' for p, why in bad[:3]) + (', ...' if len(bad) > 3 else '')
+    if not skip: raise VipError(f'{len(bad)} image(s) of {where} cannot be read: {names}: restore them, '
+                                f'or leave them out with --skip_unreadable true (skip_unreadable=True)')
+    warnings.warn(f'leaving out {len(bad)} unreadable image(s) of {where}: {names}')
+    drop = {Path(p) for p, _ in bad}
+    return ImageDataset([it for it in ds.items if Path(it[0]) not in drop], ds.classes, ds.transform, ds.root)
+
 # %% ../nbs/09a_run.ipynb #bd4ac66b
 def _target(rd: RunData, data, split: str, split_file):
     "The dataset to evaluate on: `split` of the run's own data, or of `data`, relabelled into the run's class order."
@@ -217,7 +266,7 @@ def _target(rd: RunData, data, split: str, split_file):
     return target
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str = 'test',
-                 split_file: str | None = None, progress: bool = True) -> dict:
+                 split_file: str | None = None, progress: bool = True, skip_unreadable: bool | None = None) -> dict:
     "Re-evaluate the methods of a finished run on `split` of its data (or of `data`); writes `eval-*.json` into it."
     run_dir = Path(run_dir)
     if not (run_dir/'metrics.json').is_file():
@@ -225,12 +274,15 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     rd, clip = open_run(run_dir)
     cfg = rd.cfg
     methods = list(json.loads((run_dir/'metrics.json').read_text())['methods'])
-    feats = lambda ds, show: dataset_features(clip, ds, workers=cfg.workers, progress=show, precision=cfg.precision)
-    test_f, test_y = feats(_target(rd, data, split, split_file), progress)
+    skip = cfg.skip_unreadable if skip_unreadable is None else skip_unreadable
+    feats = lambda ds, where, show: dataset_features(clip, _readable(ds, where, skip), workers=cfg.workers,
+                                                     progress=show, precision=cfg.precision)
+    test_f, test_y = feats(_target(rd, data, split, split_file), f'the {split} split of {data or cfg.data}', progress)
     results = {}
     for m in methods:
         if m == 'linear_probe':
-            module = linear_probe(*feats(rd.data['train'], False), *feats(rd.data['val'], False), len(rd.classes), seed=cfg.seed)
+            module = linear_probe(*feats(rd.data['train'], 'the training split', False),
+                                  *feats(rd.data['val'], 'the validation split', False), len(rd.classes), seed=cfg.seed)
         else:
             module = build_method(m, clip, rd.classes, rd.symptoms, **method_options(cfg)).to(clip.device)
             if m in TRAINED: load_checkpoint(run_dir/f'{m}-best.safetensors', module)

@@ -57,6 +57,15 @@ def normalise_symptom(text: str) -> str:
     "Text for duplicate detection: lower case, no punctuation, no articles."
     return ' '.join(w for w in re.sub(r'[^\w\s]', ' ', text.casefold()).split() if w not in ('a', 'an', 'the'))
 
+# %% ../nbs/03_symptoms.ipynb #24365988
+def _json_kind(x) -> str:
+    "What a value of a JSON file is, in its author's words: 'a string', 'the number 3', 'a list', 'an object', 'null'."
+    if x is None: return 'null'
+    if isinstance(x, bool): return str(x).lower()
+    if isinstance(x, (int, float)): return f'the number {x}'
+    words = {str: 'a string', list: 'a list', tuple: 'a list', dict: 'an object'}
+    return next((w for t, w in words.items() if isinstance(x, t)), f'of type {type(x).__name__}')
+
 # %% ../nbs/03_symptoms.ipynb #a87a8b50
 def _entry_text(entry, cls: str, j: int, what: str) -> str:
     "The prompt text of one symptom entry, or a clear error."
@@ -67,7 +76,7 @@ def _entry_text(entry, cls: str, j: int, what: str) -> str:
                            f'{{"text": "...", "original": "..."}} with string values')
         entry = entry['text']
     if not isinstance(entry, str):
-        raise VipError(f'symptom {j + 1} of "{cls}" in the {what} is a {type(entry).__name__}, not a string: '
+        raise VipError(f'symptom {j + 1} of "{cls}" in the {what} is {_json_kind(entry)}, not a string: '
                        f'write it as "..."')
     if not entry.strip():
         raise VipError(f'symptom {j + 1} of "{cls}" in the {what} is empty: write the symptom or remove the entry')
@@ -78,8 +87,11 @@ def _class_texts(cls, entries, tokenizer, n_ctx: int, what: str, context_length:
     "The prompt texts of one class: each entry checked, no repeats, each fitting CLIP's context."
     if not isinstance(cls, str) or not cls.strip():
         raise VipError(f'the {what} has an empty class name: name every class')
-    if not isinstance(entries, list) or not entries:
-        raise VipError(f'class "{cls}" in the {what} has no symptoms: give it a non-empty list of strings')
+    if not isinstance(entries, list):
+        eg = json.dumps([one_line(entries, 40)], ensure_ascii=False) if isinstance(entries, str) else '["...", "..."]'
+        raise VipError(f'the symptoms of "{cls}" in the {what} are {_json_kind(entries)}, not a list: '
+                       f'write them as a list of sentences, "{cls}": {eg}')
+    if not entries: raise VipError(f'class "{cls}" in the {what} has no symptoms: give it a non-empty list of strings')
     texts, seen = [], {}
     for j, e in enumerate(entries):
         t = _entry_text(e, cls, j, what)
@@ -146,13 +158,13 @@ def read_symptom_file(path: str | Path) -> tuple[dict, dict]:
     path = Path(path)
     if not path.is_file():
         raise VipError(f'symptom file {path} not found: check the path, or make one with vip_symptoms')
-    try: data = json.loads(path.read_text(encoding='utf-8'))
+    try: data = json.loads(path.read_text(encoding='utf-8-sig'))   # -sig: a byte-order mark (Notepad) is skipped
     except json.JSONDecodeError as e:
         raise VipError(f'symptom file {path} is not valid JSON ({e.msg} at line {e.lineno}): fix it or make it again') from None
     except UnicodeDecodeError:
         raise VipError(f'symptom file {path} is not UTF-8 text: save it as UTF-8 JSON') from None
     if not isinstance(data, dict):
-        raise VipError(f'symptom file {path} holds a {type(data).__name__}, not an object: '
+        raise VipError(f'symptom file {path} holds {_json_kind(data)}, not an object: '
                        f'write {{"class name": ["symptom", ...]}}')
     if 'meta' in data or 'symptoms' in data:  # vip's format
         meta, symptoms = data.get('meta'), data.get('symptoms')

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #7ff33041
 from __future__ import annotations
-import json, logging, math, os, random
+import json, logging, math, os, random, signal, threading
 from dataclasses import dataclass, asdict, fields, field
 from pathlib import Path
 
@@ -29,8 +29,8 @@ from .baselines import CoOp, CoCoOp, zeroshot_classname, zeroshot_symptoms
 # %% auto #0
 __all__ = ['RECIPES', 'FEW_SHOT_EPOCHS', 'BUNDLED_DATA', 'METHODS', 'TRAINED', 'option', 'TrainConfig', 'config_methods',
            'check_config', 'LoopConfig', 'lr_at', 'build_method', 'method_options', 'save_checkpoint',
-           'load_checkpoint', 'dist_setup', 'broadcast', 'dataset_features', 'predict', 'train_method',
-           'parse_class_names']
+           'load_checkpoint', 'dist_setup', 'broadcast', 'HeldInterrupts', 'dataset_features', 'predict',
+           'train_method', 'parse_class_names']
 
 # %% ../nbs/09_train.ipynb #80083fb1
 RECIPES = {  # backbone -> the training recipe (paper, section 3; 'pocket' is the bundled teaching model)
@@ -81,6 +81,7 @@ class TrainConfig:
     precision: str = option('auto', "'auto' (bf16/fp16 autocast on CUDA, fp32 on CPU), 'fp32', 'bf16', 'fp16'")
     device: str = option('auto', "'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
     workers: int = option(2, 'data-loading processes')
+    skip_unreadable: bool = option(False, 'leave out images that cannot be read, with a warning listing them (default: stop with the list)')
     out: str = option('runs', 'folder that holds run folders')
     name: str | None = option(None, 'run folder name (default: the date and time); never overwritten')
 
@@ -126,8 +127,16 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise VipError(f"unknown precision {cfg.precision!r}: use one of {', '.join(PRECISIONS)}")
     if cfg.symptoms is None and {'vip', 'zeroshot_symptoms'} & set(config_methods(cfg)):
         raise VipError(f'no symptom file for {cfg.data}: pass --symptoms FILE (make one with vip_symptoms)')
-    for k in ('epochs', 'batch_size', 'n_ctx'):
-        if getattr(cfg, k) is not None and getattr(cfg, k) < 1: raise VipError(f'{k} must be at least 1')
+    for k in ('epochs', 'batch_size', 'n_ctx', 'shots', 'val_shots'):
+        if getattr(cfg, k) is not None and getattr(cfg, k) < 1:
+            tip = ' (leave it out, or give none, for the whole split)' if 'shots' in k else ''
+            raise VipError(f'{k} must be at least 1, not {getattr(cfg, k)}{tip}')
+    for k in ('lr', 'warmup_lr'):
+        if getattr(cfg, k) is not None and not getattr(cfg, k) > 0: raise VipError(f'{k} must be above 0, not {getattr(cfg, k)}')
+    for k in ('momentum', 'weight_decay', 'warmup_epochs', 'workers'):
+        if getattr(cfg, k) < 0: raise VipError(f'{k} must be 0 or more, not {getattr(cfg, k)}')
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise VipError(f'--out {cfg.out} is a file, not a folder: give a folder for the run folders (it is made if missing)')
     return cfg
 
 # %% ../nbs/09_train.ipynb #8d2afb8d
@@ -191,7 +200,9 @@ def load_checkpoint(path: str | Path, module: PromptLearner, optimizer=None) -> 
             meta = json.loads((f.metadata() or {}).get('vip', '{}'))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
-        raise VipError(f'checkpoint {path} cannot be read ({type(e).__name__}): it is damaged; use best.safetensors or retrain') from None
+        fix = ('delete it, and --resume trains that method again from its first epoch' if path.name.endswith('-last.safetensors')
+               else 'train the run again (vip_train with the same options)')
+        raise VipError(f'checkpoint {path} cannot be read ({type(e).__name__}): it is damaged; {fix}') from None
     got = {k[len('prompt.'):]: v for k, v in tensors.items() if k.startswith('prompt.')}
     want = {n: tuple(p.shape) for n, p in module.named_parameters() if p.requires_grad}
     diff = state_mismatch(want, {k: tuple(v.shape) for k, v in got.items()})
@@ -256,12 +267,39 @@ def _check_same(params, world: int):
     if diff != 0: raise RuntimeError(f'prompt weights differ between processes (by {diff:g}): please report this')
     logging.getLogger('vip.train').info(f'prompt weights identical on all {world} processes')
 
+# %% ../nbs/09_train.ipynb #b0883403
+_STOP = (signal.SIGINT, signal.SIGTERM)
+
+def _worker_ignores_ctrl_c(worker_id: int):
+    "A data-loading worker leaves Ctrl-C to the main process (and dies of SIGTERM as usual)."
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+class HeldInterrupts:
+    "A data loader whose workers start with Ctrl-C and SIGTERM held back; one that came meanwhile is raised after."
+    def __init__(self, loader: DataLoader): self.loader = loader
+    def __len__(self): return len(self.loader)
+    def __iter__(self):
+        if not self.loader.num_workers or threading.current_thread() is not threading.main_thread():
+            return iter(self.loader)
+        got = []
+        old = {s: signal.signal(s, lambda sig, frame: got.append(sig)) for s in _STOP}   # note it, do not raise
+        try: it = iter(self.loader)                    # the workers start here
+        finally:
+            for s, h in old.items(): signal.signal(s, h)
+        if got:
+            del it                                     # a whole iterator: its workers shut down cleanly
+            raise KeyboardInterrupt
+        return it
+
 # %% ../nbs/09_train.ipynb #334f39f6
 def _loader(ds: ImageDataset, transform, batch_size: int, workers: int, indices=None, generator=None):
     d = ImageDataset(ds.items, ds.classes, transform, ds.root)
     if indices is not None: d = Subset(d, indices)
-    return DataLoader(d, batch_size=batch_size, shuffle=False, num_workers=workers, generator=generator,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+    loader = DataLoader(d, batch_size=batch_size, shuffle=False, num_workers=workers, generator=generator,
+                        persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                        worker_init_fn=_worker_ignores_ctrl_c if workers else None)
+    return HeldInterrupts(loader)
 
 def dataset_features(clip: Clip, ds: ImageDataset, batch_size: int = 64, workers: int = 0, progress: bool = True,
                      precision: str = 'auto'):
