@@ -132,3 +132,22 @@ def test_ctrl_c_while_workers_start_is_never_swallowed(tmp_path, toy):
                                       extra=('--workers', '2', '--augment', 'true'), epochs=400)
         assert code == 130, err
         assert 'Traceback' not in err and err.strip().splitlines()[-1].startswith('vip_train: interrupted'), err
+
+
+def test_every_vip_error_message_is_one_line():
+    "Read from the source: no VipError message has a line break in its text (so every error path prints one line)."
+    import ast
+    bad, count = [], 0
+    for path in sorted((Path(__file__).resolve().parents[1]/'vip').glob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, 'id', None) == 'VipError':
+                count += 1
+                texts = [c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+                if any('\n' in t for t in texts): bad.append(f'{path.name}:{node.lineno}')
+    assert count > 100 and bad == []
+
+
+def test_a_folder_that_cannot_be_made_is_one_line(run, tmp_path, toy):
+    (tmp_path/'file.txt').write_text('mine')                 # --out below a file: the OS refuses the folder
+    line = _one_line(run('train', _args(toy, tmp_path/'file.txt'/'runs', 'r'), tmp_path))
+    assert line.startswith('vip_train: error: cannot use') and (tmp_path/'file.txt').read_text() == 'mine'

@@ -68,6 +68,9 @@ def run_command(prog: str, body) -> int:
     old = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try: return body()
     except VipError as e: return fail(prog, e)
+    except OSError as e:                           # a folder that cannot be written, a full disk
+        return fail(prog, f'cannot use {e.filename or "a file"} ({e.strerror or e}): check that the place exists, is '
+                          f'writable and has space, or choose another (--out, -o)')
     except KeyboardInterrupt as e:
         run_dir = getattr(e, 'run_dir', None)
         if run_dir is not None: msg = f'interrupted; continue with: vip_train --resume {run_dir}'
