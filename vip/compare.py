@@ -10,7 +10,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from .core import VipError, make_run_dir, atomic_write
+from .core import VipError, get_device, make_run_dir, atomic_write, seed_everything
+from .clip import load_clip
 from .train import TrainConfig, METHODS
 from .run import fit
 from .evaluate import summarize, format_table, SCALARS
@@ -23,23 +24,27 @@ def compare(cfg: TrainConfig | None = None, seeds=(1, 2, 3), shots=(None,), meth
             out: str | Path | None = None) -> dict:
     "Run `fit` for every seed and shot count; returns (and writes) per-run metrics and their mean ± std."
     base = (cfg or TrainConfig()).resolved().check()
-    folder = make_run_dir(out or base.out, base.name)
     chosen = METHODS if 'all' in methods else tuple(methods)
     bad = [m for m in chosen if m not in METHODS]
     if bad: raise VipError(f'unknown method(s) {bad}: use {", ".join(METHODS)} or all')
-    runs, t0 = {}, time.time()
+    runs, t0, encoded = {}, time.time(), 0
+    seed_everything(seeds[0])
+    clip = load_clip(base.backbone, base.pretrained, get_device(base.device))   # once, for every seed and shot count
+    folder = make_run_dir(out or base.out, base.name)
     for k in shots:
         for seed in seeds:
             c = TrainConfig(**(asdict(base) | {'seed': seed, 'shots': k, 'method': ','.join(chosen),
                                                'out': str(folder), 'name': f'shots-{k or "all"}_seed-{seed}'}))
-            res = fit(c, progress=progress)
+            res = fit(c, progress=progress, clip=clip)
+            encoded += res.images_encoded
             runs[f'{k or "all"}/{seed}'] = {m: v for m, v in res.methods.items() if m in chosen}
     summary = {}
     for k in shots:
         per = [runs[f'{k or "all"}/{s}'] for s in seeds]
         summary[str(k or 'all')] = {m: summarize([r[m] for r in per]) for m in per[0]}
     result = {'dataset': Path(base.data).name, 'backbone': base.backbone, 'seeds': list(seeds),
-              'shots': [k or 'all' for k in shots], 'runs': runs, 'summary': summary, 'seconds': time.time() - t0}
+              'shots': [k or 'all' for k in shots], 'runs': runs, 'summary': summary, 'seconds': time.time() - t0,
+              'images_encoded': encoded}
     atomic_write(folder/'compare.json', json.dumps(result, indent=1) + '\n')
     atomic_write(folder/'table.txt', comparison_table(result) + '\n')
     fig = plot_comparison(result); fig.savefig(folder/'comparison.png', dpi=110, bbox_inches='tight'); plt.close(fig)

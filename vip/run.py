@@ -21,7 +21,7 @@ from .baselines import linear_probe
 from .model import ViP
 from .explain import save_run_explanations
 from .train import (TrainConfig, METHODS, TRAINED, build_method, method_options, train_method, dataset_features,
-                       predict, load_checkpoint, parse_class_names, dist_setup, broadcast)
+                       predict, load_checkpoint, parse_class_names, dist_setup, broadcast, feature_cache)
 
 # %% auto #0
 __all__ = ['FitResult', 'RunData', 'prepare_run', 'RunInterrupted', 'fit', 'plot_history', 'open_run', 'load_run', 'evaluate_run']
@@ -41,6 +41,7 @@ class FitResult:
     seconds: float = 0.0             # wall time of the whole run
     modules: dict = field(default_factory=dict)   # method -> the trained (or training-free) module, ready to use
     classes: list = field(default_factory=list)   # class names, in label order
+    images_encoded: int = 0          # forwards of the image encoder this run cost (0 when every feature was cached)
 
     def metrics(self) -> dict:
         "The content of metrics.json."
@@ -136,14 +137,14 @@ def _run_method(m: str, rd: RunData, clip: Clip, feats: dict, run_dir, rank, wor
 
 # %% ../nbs/09a_run.ipynb #fdd9c289
 def fit(cfg: TrainConfig | None = None, resume: str | Path | None = None, stop_after: int | None = None,
-        progress: bool = True, save: bool = True) -> FitResult:
-    "Train and evaluate as `cfg` says (or continue the run in `resume`); returns the results, written to the run folder."
+        progress: bool = True, save: bool = True, clip: Clip | None = None) -> FitResult:
+    "Train and evaluate as `cfg` says (or continue `resume`); `clip`: a CLIP already loaded for this backbone, to reuse."
     t0 = time.time()
     cfg, run_dir = _start(cfg, resume)
     rank, world, device = dist_setup(cfg.device)
     seed_everything(cfg.seed)
     rd = prepare_run(cfg)                              # data, symptoms and weights are checked before any folder exists
-    clip = load_clip(cfg.backbone, cfg.pretrained, device)
+    clip = clip or load_clip(cfg.backbone, cfg.pretrained, device)
     if resume is None: run_dir = _new_run_dir(rd, save, rank, world)
     elif rank == 0: _remove_stale_tmp(run_dir)
     try: return _fit(cfg, rd, clip, run_dir, rank, world, device, resume, stop_after, progress, t0)
@@ -159,14 +160,16 @@ def _fit(cfg, rd: RunData, clip: Clip, run_dir, rank, world, device, resume, sto
     "The body of `fit`, once the run folder exists."
     log = _log(run_dir, rank)
     log.info(f'run {run_dir} on {device} ({world} process(es)): {cfg}')
-    show = progress and rank == 0
-    feats = {s: dataset_features(clip, rd.data[s], workers=cfg.workers, progress=show, precision=cfg.precision)
-             for s in ('val', 'test') + (('train',) if not cfg.augment or 'linear_probe' in cfg.methods() else ())}
-    log.info(f'features ready after {time.time() - t0:.1f} s')
+    show, cache = progress and rank == 0, feature_cache(cfg, clip)
+    splits = ('val', 'test') + (('train',) if not cfg.augment or 'linear_probe' in cfg.methods() else ())
+    feats = {s: dataset_features(clip, rd.data[s], workers=cfg.workers, progress=show, precision=cfg.precision, cache=cache)
+             for s in splits}
+    encoded = cache.encoded if cache is not None else sum(len(rd.data[s]) for s in splits)
+    log.info(f'features ready after {time.time() - t0:.1f} s ({encoded} images encoded, the others cached)')
     methods = [m for m in METHODS if m in cfg.methods() or m.startswith('zeroshot_')]
     if rd.symptoms is None: methods = [m for m in methods if m not in ('vip', 'zeroshot_symptoms')]
     out = FitResult(run_dir, False, dataset=Path(cfg.data).name, backbone=cfg.backbone, seed=cfg.seed, shots=cfg.shots,
-                    classes=rd.classes)
+                    classes=rd.classes, images_encoded=encoded)
     results, histories, before = {}, {}, None
     for m in methods:
         t1 = time.time()
@@ -208,7 +211,7 @@ def _write_results(run_dir: Path, res: FitResult, cfg: TrainConfig, histories: d
     atomic_write(run_dir/'metrics.json', json.dumps(res.metrics(), indent=1) + '\n')
     detail = {m: {k: r[k] for k in ('per_class', 'confusion_matrix')} for m, r in results.items()}
     atomic_write(run_dir/'metrics_detail.json', json.dumps({'classes': res.classes, 'methods': detail,
-                                                           'history': histories}, indent=1) + '\n')
+                                                           'history': histories, 'images_encoded': res.images_encoded}, indent=1) + '\n')
     main = cfg.method if cfg.method in results else 'vip' if 'vip' in results else next(iter(results))
     if histories: _save(plot_history(histories), run_dir/'training_curve.png')
     _save(plot_confusion(results[main]['confusion_matrix'], res.classes, title=f'{main}, test split'), run_dir/'confusion.png')
@@ -275,8 +278,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     cfg = rd.cfg
     methods = list(json.loads((run_dir/'metrics.json').read_text())['methods'])
     skip = cfg.skip_unreadable if skip_unreadable is None else skip_unreadable
+    cache = feature_cache(cfg, clip)
     feats = lambda ds, where, show: dataset_features(clip, _readable(ds, where, skip), workers=cfg.workers,
-                                                     progress=show, precision=cfg.precision)
+                                                     progress=show, precision=cfg.precision, cache=cache)
     test_f, test_y = feats(_target(rd, data, split, split_file), f'the {split} split of {data or cfg.data}', progress)
     results = {}
     for m in methods:

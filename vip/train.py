@@ -24,13 +24,14 @@ from .clip import Clip, encode_images, resolve_backbone, DATA_SAMPLES, POCKET
 from .context import POSITIONS
 from .model import ViP
 from .learner import PromptLearner, state_mismatch
+from .features import FeatureCache, image_key, default_feature_cache
 from .baselines import CoOp, CoCoOp, zeroshot_classname, zeroshot_symptoms
 
 # %% auto #0
 __all__ = ['RECIPES', 'FEW_SHOT_EPOCHS', 'BUNDLED_DATA', 'METHODS', 'TRAINED', 'option', 'TrainConfig', 'config_methods',
            'check_config', 'LoopConfig', 'lr_at', 'build_method', 'method_options', 'save_checkpoint',
-           'load_checkpoint', 'dist_setup', 'broadcast', 'HeldInterrupts', 'dataset_features', 'predict',
-           'train_method', 'parse_class_names']
+           'load_checkpoint', 'dist_setup', 'broadcast', 'HeldInterrupts', 'dataset_features', 'feature_cache',
+           'predict', 'train_method', 'parse_class_names']
 
 # %% ../nbs/09_train.ipynb #80083fb1
 RECIPES = {  # backbone -> the training recipe (paper, section 3; 'pocket' is the bundled teaching model)
@@ -81,6 +82,7 @@ class TrainConfig:
     precision: str = option('auto', "'auto' (bf16/fp16 autocast on CUDA, fp32 on CPU), 'fp32', 'bf16', 'fp16'")
     device: str = option('auto', "'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
     workers: int = option(2, 'data-loading processes')
+    feature_cache: str | None = option('auto', "cached image features: 'auto' (~/.cache/vip/features), a folder, or none (off)")
     skip_unreadable: bool = option(False, 'leave out images that cannot be read, with a warning listing them (default: stop with the list)')
     out: str = option('runs', 'folder that holds run folders')
     name: str | None = option(None, 'run folder name (default: the date and time); never overwritten')
@@ -302,9 +304,24 @@ def _loader(ds: ImageDataset, transform, batch_size: int, workers: int, indices=
     return HeldInterrupts(loader)
 
 def dataset_features(clip: Clip, ds: ImageDataset, batch_size: int = 64, workers: int = 0, progress: bool = True,
-                     precision: str = 'auto'):
+                     precision: str = 'auto', cache: FeatureCache | None = None):
     "Normalised image features (N, D) and labels (N,) of `ds` under the evaluation transform and `precision`."
-    return encode_images(clip, _loader(ds, clip.eval_transform, batch_size, workers), progress, precision)
+    if cache is None: return encode_images(clip, _loader(ds, clip.eval_transform, batch_size, workers), progress, precision)
+    keys = [image_key(p) for p, _ in ds.items]
+    have = cache.get(keys)
+    todo = [i for i, k in enumerate(keys) if k not in have]      # only the images the cache does not hold
+    if todo:
+        f, _ = encode_images(clip, _loader(ds, clip.eval_transform, batch_size, workers, todo), progress, precision)
+        new = {keys[i]: f[j] for j, i in enumerate(todo)}
+        cache.put(new); have |= new; cache.encoded += len(todo)
+    labels = torch.tensor([y for _, y in ds.items], dtype=torch.long)
+    return torch.stack([have[k] for k in keys]) if keys else torch.empty(0, clip.embed_dim), labels  # (N, D), (N,)
+
+def feature_cache(cfg: TrainConfig, clip: Clip) -> FeatureCache | None:
+    "The feature cache `cfg` asks for on `clip` (None when turned off)."
+    where = cfg.feature_cache
+    if where is None or str(where).lower() == 'none': return None
+    return FeatureCache(default_feature_cache() if where == 'auto' else where, clip, cfg.precision)
 
 @torch.no_grad()
 def predict(module: nn.Module, feats: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
