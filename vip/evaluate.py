@@ -5,6 +5,7 @@
 # %% ../nbs/07_evaluate.ipynb #519cba58
 from __future__ import annotations
 import numpy as np
+import warnings
 from sklearn import metrics as skm
 
 # %% auto #0
@@ -30,6 +31,12 @@ def _per_class(cm: np.ndarray, classes: list[str]) -> dict[str, dict]:
                         'specificity': float(tn / (tn + fp)) if tn + fp else float('nan'), 'support': int(cm[i].sum())}
     return per_class
 
+# %% ../nbs/07_evaluate.ipynb #5773cfcd
+def _balanced_accuracy(cm: np.ndarray) -> float:
+    "The mean recall over the classes that occur (rows of the confusion matrix with images), as sklearn computes it."
+    rows = cm.sum(1)
+    return float(np.mean(np.diag(cm)[rows > 0] / rows[rows > 0]))   # no warning for a class absent from a small split
+
 # %% ../nbs/07_evaluate.ipynb #1565146a
 def classification_metrics(y_true, probs, classes: list[str]) -> dict:
     "Accuracy, macro-F1, balanced accuracy, ROC-AUC, per-class sensitivity/specificity and the confusion matrix."
@@ -38,11 +45,14 @@ def classification_metrics(y_true, probs, classes: list[str]) -> dict:
     if probs.ndim != 2 or probs.shape != (len(y_true), C):
         raise ValueError(f'probs must have shape (N, C) = ({len(y_true)}, {C}), got {probs.shape}')
     y_pred = probs.argmax(1)
-    cm = skm.confusion_matrix(y_true, y_pred, labels=list(range(C)))       # rows: truth, columns: prediction
-    return {'accuracy': float(skm.accuracy_score(y_true, y_pred)),
-            'macro_f1': float(skm.f1_score(y_true, y_pred, average='macro', labels=list(range(C)), zero_division=0)),
-            'balanced_accuracy': float(skm.balanced_accuracy_score(y_true, y_pred)),
-            'auc': float(_auc(y_true, probs)), 'per_class': _per_class(cm, classes), 'confusion_matrix': cm.tolist()}
+    with warnings.catch_warnings():         # a class missing from a small split is handled here: no warnings about it
+        warnings.simplefilter('ignore', UserWarning)
+        cm = skm.confusion_matrix(y_true, y_pred, labels=list(range(C)))   # rows: truth, columns: prediction
+        f1 = skm.f1_score(y_true, y_pred, average='macro', labels=list(range(C)), zero_division=0)
+        acc, auc = skm.accuracy_score(y_true, y_pred), _auc(y_true, probs)
+    return {'accuracy': float(acc), 'macro_f1': float(f1),
+            'balanced_accuracy': _balanced_accuracy(cm),
+            'auc': float(auc), 'per_class': _per_class(cm, classes), 'confusion_matrix': cm.tolist()}
 
 # %% ../nbs/07_evaluate.ipynb #ad6e2ce5
 SCALARS = ('accuracy', 'macro_f1', 'balanced_accuracy', 'auc')
