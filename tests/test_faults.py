@@ -151,3 +151,15 @@ def test_a_folder_that_cannot_be_made_is_one_line(run, tmp_path, toy):
     (tmp_path/'file.txt').write_text('mine')                 # --out below a file: the OS refuses the folder
     line = _one_line(run('train', _args(toy, tmp_path/'file.txt'/'runs', 'r'), tmp_path))
     assert line.startswith('vip_train: error: cannot use') and (tmp_path/'file.txt').read_text() == 'mine'
+
+
+def test_a_bug_is_one_line_too_and_masks_keys(tmp_path, toy, monkeypatch, capsys):
+    import vip.cli
+    def broken(*a, **k): raise RuntimeError('boom with sk-abcdefghijklmnopqrstuvwxyz0123')
+    monkeypatch.setattr(vip.cli, 'fit', broken)
+    code = train_main([str(a) for a in _args(toy, tmp_path/'runs', 'r')])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and 'unexpected RuntimeError' in err and 'please report' in err
+    assert 'abcdefghijklmnop' not in err                     # anything like an API key is masked
+    monkeypatch.setenv('VIP_DEBUG', '1')
+    with pytest.raises(RuntimeError): train_main([str(a) for a in _args(toy, tmp_path/'runs', 'r')])

@@ -15,6 +15,7 @@ from .run import fit, evaluate_run, FitResult, RunInterrupted
 from .compare import compare, comparison_table
 from .bench import run_bench, format_results, auto_threads
 from .evaluate import format_table
+from .symptoms import one_line
 
 # %% auto #0
 __all__ = ['OneLineParser', 'train_parser', 'fail', 'run_command', 'train_main', 'main', 'eval_main', 'eval_cli', 'compare_main',
@@ -57,7 +58,7 @@ def train_parser(prog: str = 'vip_train', conflict_handler: str = 'error') -> ar
 # %% ../nbs/12_cli.ipynb #2ff0c6e5
 def fail(prog: str, e: Exception) -> int:
     "Print `prog: error: <one line>` on standard error; returns the exit status 2."
-    print(f'{prog}: error: {" ".join(str(e).split())}', file=sys.stderr)
+    print(f'{prog}: error: {one_line(e, 4000)}', file=sys.stderr)    # one line, anything like an API key masked
     return 2
 
 def _terminated(signum, frame): raise KeyboardInterrupt    # SIGTERM (kill, a batch system) ends a run like Ctrl-C
@@ -77,6 +78,10 @@ def run_command(prog: str, body) -> int:
         elif isinstance(e, RunInterrupted): msg = 'interrupted before the first checkpoint: no run folder was kept'
         else: msg = 'interrupted'
         print(f'{prog}: {msg}', file=sys.stderr); return 130
+    except Exception as e:                         # a bug: still one line (the traceback is for developers: VIP_DEBUG=1)
+        if os.environ.get('VIP_DEBUG'): raise
+        return fail(prog, f'unexpected {type(e).__name__}: {e} (please report this at https://github.com/vip-project/vip/issues; '
+                          f'VIP_DEBUG=1 shows the traceback)')
     finally:
         if main_thread: signal.signal(signal.SIGTERM, old)
 
@@ -243,7 +248,7 @@ def _refine_clip(args) -> Clip | None:
 def symptoms_main(argv: list[str] | None = None) -> int:
     "The `vip_symptoms` command: generate, refine, check and write a symptom file; 0 on success, 2 on failure."
     args = symptoms_parser().parse_args(argv)
-    try:
+    def body():
         classes = args.classes if args.classes else classes_from_folder(args.data)
         out = Path(args.output)
         if out.exists() and not args.force:
@@ -257,18 +262,9 @@ def symptoms_main(argv: list[str] | None = None) -> int:
         symptoms, meta = generate_symptoms(classes, args.modality, client=client, options=options, clip=clip)
         save_symptoms(out, symptoms, meta, overwrite=args.force,
                       tokenizer=None if clip is None else clip.tokenizer, n_ctx=args.n_ctx)
-    except VipError as e:
-        print(f'vip_symptoms: error: {one_line(e, 500)}', file=sys.stderr); return 2
-    except OSError as e:  # a folder that cannot be written, a full disk
-        print(f'vip_symptoms: error: cannot write {e.filename or "a file"} ({e.strerror or e}): check that the folder '
-              f'is writable, or choose another place (-o, --cache)', file=sys.stderr); return 2
-    except KeyboardInterrupt:
-        print('vip_symptoms: interrupted: nothing was written', file=sys.stderr); return 2
-    except Exception as e:  # a bug: still one line, still nothing written
-        print(f'vip_symptoms: unexpected {type(e).__name__}: {one_line(e)} (nothing was written; please report this '
-              f'at https://github.com/vip-project/vip/issues)', file=sys.stderr); return 2
-    print(f'wrote {out}: {len(symptoms)} classes x {args.n} symptoms ({client.requests} requests, '
-          f'{client.cache_hits} answers from the cache)')
-    return 0
+        print(f'wrote {out}: {len(symptoms)} classes x {args.n} symptoms ({client.requests} requests, '
+              f'{client.cache_hits} answers from the cache)')
+        return 0
+    return run_command('vip_symptoms', body)
 
 def symptoms_cli(): sys.exit(symptoms_main())
