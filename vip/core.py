@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'VipError', 'get_device', 'autocast_dtype', 'autocast', 'grad_scaler', 'seed_everything', 'make_run_dir',
-           'check_classes', 'atomic_write']
+__all__ = ['PRECISIONS', 'VipError', 'get_device', 'autocast_dtype', 'autocast', 'grad_scaler', 'seed_everything',
+           'check_run_name', 'make_run_dir', 'check_classes', 'atomic_write']
 
 # %% ../nbs/00_core.ipynb #5f69c57f
 class VipError(Exception):
@@ -89,11 +89,17 @@ def seed_everything(seed: int, deterministic: bool = False) -> int:
     return seed
 
 # %% ../nbs/00_core.ipynb #3b038fea
-def _named_run_dir(root: Path, name: str) -> Path:
-    "Create the run folder `root/name`: a plain folder name, not taken yet."
+def check_run_name(root: str | Path, name: str) -> Path:
+    "The path of a new run folder `root/name`, or a VipError when the name is not a plain folder name or is taken."
     if not re.fullmatch(r'[\w.\-]+', name) or name in ('.', '..'):
         raise VipError(f"run name {name!r} is not a plain folder name: use letters, digits, '.', '-' or '_'")
-    path = root/name
+    path = Path(root)/name
+    if path.exists(): raise VipError(f"run folder {path} already exists: choose another name, or remove it yourself")
+    return path
+
+def _named_run_dir(root: Path, name: str) -> Path:
+    "Create the run folder `root/name`: a plain folder name, not taken yet (also not by a run starting at this moment)."
+    path = check_run_name(root, name)
     try: path.mkdir()
     except FileExistsError:
         raise VipError(f"run folder {path} already exists: choose another name, or remove it yourself") from None

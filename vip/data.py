@@ -18,9 +18,9 @@ from torch.utils.data import Dataset
 from .core import VipError, atomic_write, check_classes
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'to_rgb', 'load_image', 'ImageDataset', 'check_images', 'scan_class_folder', 'find_images',
-           'folder_dataset', 'split_classes', 'split_file_dataset', 'sample_k_shot', 'save_split', 'load_splits',
-           'show_samples']
+__all__ = ['IMAGE_EXTS', 'to_rgb', 'load_image', 'ImageDataset', 'check_images', 'drop_unreadable', 'scan_class_folder',
+           'find_images', 'folder_dataset', 'split_classes', 'split_file_dataset', 'sample_k_shot', 'save_split',
+           'load_splits', 'show_samples']
 
 # %% ../nbs/01_data.ipynb #22351e41
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff') + (('.webp',) if features.check('webp') else ())
@@ -115,7 +115,7 @@ def _check_on_error(on_error: str):
     "Refuse an `on_error` other than 'raise' or 'skip'."
     if on_error not in ('raise', 'skip'): raise ValueError("on_error must be 'raise' or 'skip'")
 
-def _drop_bad(items: dict, on_error: str, where: str, check: bool = True) -> dict:
+def drop_unreadable(items: dict, on_error: str, where: str, check: bool = True) -> dict:
     "Check the files of `items` (split -> [(path, label)]): one error for the bad ones of all splits, or skip them (warning)."
     _check_on_error(on_error)
     if not check: return items
@@ -224,7 +224,7 @@ def folder_dataset(root: str | Path, split: str = 'train', classes: list[str] | 
     root = Path(root)
     items, names, other = _folder_splits(root, classes, (split,))
     _warn_left_out(other, root/split)
-    return ImageDataset(_drop_bad(items, on_error, str(root/split), check)[split], names, transform, root)
+    return ImageDataset(drop_unreadable(items, on_error, str(root/split), check)[split], names, transform, root)
 
 # %% ../nbs/01_data.ipynb #0a7fea1a
 def _read_split_file(split_file: str | Path) -> dict:
@@ -285,7 +285,7 @@ def split_file_dataset(split_file: str | Path, image_root: str | Path, split: st
     "One split of a split file (`[relative_path, label, class_name]` entries), images under `image_root`."
     root = Path(image_root)
     items, classes = _split_file_items(split_file, root, (split,))
-    items = _drop_bad(_drop_missing(items, split_file, root, on_error), on_error, f'{split_file} ({split})', check)
+    items = drop_unreadable(_drop_missing(items, split_file, root, on_error), on_error, f'{split_file} ({split})', check)
     return ImageDataset(items[split], classes, transform, root)
 
 # %% ../nbs/01_data.ipynb #d88177c9
@@ -326,7 +326,7 @@ def load_splits(root: str | Path, split_file: str | Path | None = None, classes=
         items, names, other = _folder_splits(root, classes, splits)
         _warn_left_out(other, root)
         where = str(root) if many else str(root/splits[0])
-    items = _drop_bad(items, on_error, where, check)
+    items = drop_unreadable(items, on_error, where, check)
     return {s: ImageDataset(items[s], names, None, root) for s in splits}
 
 # %% ../nbs/01_data.ipynb #df3f04ef

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_run.ipynb #9c8ebc4c
 from __future__ import annotations
-import json, logging, os, shutil, time, warnings
+import json, logging, os, shutil, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 
@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from .core import VipError, get_device, seed_everything, make_run_dir, atomic_write, check_classes
-from .data import load_splits, sample_k_shot, save_split, check_images, ImageDataset
+from .core import VipError, get_device, seed_everything, make_run_dir, check_run_name, atomic_write, check_classes
+from .data import load_splits, sample_k_shot, save_split, drop_unreadable, ImageDataset
 from .clip import Clip, load_clip
 from .symptoms import load_symptoms
 from .evaluate import classification_metrics, plot_confusion, plot_roc, SCALARS
@@ -87,8 +87,7 @@ def _start(cfg: TrainConfig | None, resume):
             raise VipError(f'{run_dir} is not a vip run folder (no config.json): pass the folder a run created')
         cfg = TrainConfig(**json.loads((run_dir/'config.json').read_text()))
     cfg = (cfg or TrainConfig()).resolved().check()
-    if resume is None and cfg.name and (Path(cfg.out)/cfg.name).exists():      # before any work, as make_run_dir would
-        raise VipError(f'run folder {Path(cfg.out)/cfg.name} already exists: choose another name, or remove it yourself')
+    if resume is None and cfg.name: check_run_name(cfg.out, cfg.name)         # before any work, not only at make_run_dir
     return cfg, (Path(resume) if resume is not None else None)
 
 def _new_run_dir(rd: RunData, save: bool, rank: int, world: int) -> Path | None:
@@ -246,15 +245,9 @@ def load_run(run_dir: str | Path, device: str = 'auto', checkpoint: str = 'vip-b
 
 # %% ../nbs/09a_run.ipynb #c05fbc21
 def _readable(ds: ImageDataset, where: str, skip: bool) -> ImageDataset:
-    "`ds` after checking its files: an error listing those that cannot be read, or with `skip` a warning and `ds` without them."
-    bad = check_images([p for p, _ in ds.items], progress=False)
-    if not bad: return ds
-    names = ', '.join(f'{Path(p).name} ({why})' for p, why in bad[:3]) + (', ...' if len(bad) > 3 else '')
-    if not skip: raise VipError(f'{len(bad)} image(s) of {where} cannot be read: {names}: restore them, '
-                                f'or leave them out with --skip_unreadable true (skip_unreadable=True)')
-    warnings.warn(f'leaving out {len(bad)} unreadable image(s) of {where}: {names}')
-    drop = {Path(p) for p, _ in bad}
-    return ImageDataset([it for it in ds.items if Path(it[0]) not in drop], ds.classes, ds.transform, ds.root)
+    "`ds` after checking its files now (they may have changed since training), as `vip.data` checks them at load time."
+    kept = drop_unreadable({'images': ds.items}, 'skip' if skip else 'raise', where)['images']
+    return ds if len(kept) == len(ds.items) else ImageDataset(kept, ds.classes, ds.transform, ds.root)
 
 # %% ../nbs/09a_run.ipynb #bd4ac66b
 def _target(rd: RunData, data, split: str, split_file):
