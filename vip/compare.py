@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 from .core import VipError, get_device, make_run_dir, atomic_write, seed_everything
 from .clip import load_clip
 from .train import TrainConfig, METHODS
-from .run import fit
+from .run import fit, run_caches
 from .evaluate import summarize, format_table, SCALARS
 
 # %% auto #0
@@ -27,29 +27,34 @@ def compare(cfg: TrainConfig | None = None, seeds=(1, 2, 3), shots=(None,), meth
     chosen = METHODS if 'all' in methods else tuple(methods)
     bad = [m for m in chosen if m not in METHODS]
     if bad: raise VipError(f'unknown method(s) {bad}: use {", ".join(METHODS)} or all')
-    runs, t0, encoded = {}, time.time(), 0
+    runs, t0, encoded, forwards, split = {}, time.time(), 0, 0, {'encode': 0.0, 'train': 0.0}
     seed_everything(seeds[0])
     clip = load_clip(base.backbone, base.pretrained, get_device(base.device))   # once, for every seed and shot count
+    caches = run_caches(base, clip, keep=True)        # features shared by every run (in memory when the cache is off)
     folder = make_run_dir(out or base.out, base.name)
     for k in shots:
         for seed in seeds:
             c = TrainConfig(**(asdict(base) | {'seed': seed, 'shots': k, 'method': ','.join(chosen),
                                                'out': str(folder), 'name': f'shots-{k or "all"}_seed-{seed}'}))
-            res = fit(c, progress=progress, clip=clip)
-            encoded += res.images_encoded
+            res = fit(c, progress=progress, clip=clip, caches=caches)
+            encoded, forwards = encoded + res.images_encoded, forwards + res.image_forwards
+            for k_ in split: split[k_] += res.seconds_split[k_]
             runs[f'{k or "all"}/{seed}'] = {m: v for m, v in res.methods.items() if m in chosen}
     summary = {}
     for k in shots:
         per = [runs[f'{k or "all"}/{s}'] for s in seeds]
         summary[str(k or 'all')] = {m: summarize([r[m] for r in per]) for m in per[0]}
     result = {'dataset': Path(base.data).name, 'backbone': base.backbone, 'seeds': list(seeds),
-              'shots': [k or 'all' for k in shots], 'runs': runs, 'summary': summary, 'seconds': time.time() - t0,
-              'images_encoded': encoded}
-    atomic_write(folder/'compare.json', json.dumps(result, indent=1) + '\n')
+              'shots': [k or 'all' for k in shots], 'runs': runs, 'summary': summary,
+              'images_encoded': encoded, 'image_forwards': forwards}
     atomic_write(folder/'table.txt', comparison_table(result) + '\n')
     fig = plot_comparison(result); fig.savefig(folder/'comparison.png', dpi=110, bbox_inches='tight'); plt.close(fig)
+    result['seconds'] = time.time() - t0               # the whole comparison; 'other': loading, runs' files, plots
+    result['seconds_split'] = split | {'other': result['seconds'] - sum(split.values())}
+    atomic_write(folder/'compare.json', json.dumps(result, indent=1) + '\n')
     return result | {'folder': folder}
 
+# %% ../nbs/11_compare.ipynb #be07ddb6
 def comparison_table(result: dict) -> str:
     "One table per shot count: methods against metrics, mean ± std over seeds, in percent."
     parts = []

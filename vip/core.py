@@ -12,7 +12,7 @@ import torch
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'VipError', 'get_device', 'autocast_dtype', 'autocast', 'grad_scaler', 'seed_everything',
-           'check_run_name', 'make_run_dir', 'check_classes', 'atomic_write']
+           'check_run_name', 'make_run_dir', 'check_classes', 'atomic_write', 'count_forwards']
 
 # %% ../nbs/00_core.ipynb #5f69c57f
 class VipError(Exception):
@@ -151,3 +151,13 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     finally:
         if tmp.exists(): tmp.unlink()
     return path
+
+# %% ../nbs/00_core.ipynb #3b566bfa
+class count_forwards(contextlib.AbstractContextManager):
+    "Count the rows (images) of every batch that goes through `module` inside the `with` block; the total is `.n`."
+    def __init__(self, module: torch.nn.Module): self.module, self.n, self._hook = module, 0, None
+    def _add(self, module, args, output): self.n += int(args[0].shape[0]) if args and torch.is_tensor(args[0]) else 1
+    def __enter__(self):
+        self._hook = self.module.register_forward_hook(self._add)
+        return self
+    def __exit__(self, *exc): self._hook.remove()

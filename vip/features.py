@@ -15,7 +15,7 @@ from .core import VipError, atomic_write
 from .clip import Clip
 
 # %% auto #0
-__all__ = ['model_fingerprint', 'image_key', 'default_feature_cache', 'FeatureCache']
+__all__ = ['model_fingerprint', 'image_key', 'view_key', 'default_feature_cache', 'FeatureCache']
 
 # %% ../nbs/08a_features.ipynb #ea2f4ade
 _FINGERPRINTS = weakref.WeakKeyDictionary()          # model -> fingerprint, computed once per loaded model
@@ -35,18 +35,24 @@ def image_key(path: str | Path) -> str:
     p = Path(path).resolve(); st = p.stat()
     return hashlib.sha1(f'{p}|{st.st_size}|{st.st_mtime_ns}'.encode()).hexdigest()
 
+def view_key(key: str, view: int) -> str:
+    "The name of augmented view `view` of the image named `key` (its crop and flip are drawn from this name)."
+    return hashlib.sha1(f'{key}|view {view}'.encode()).hexdigest()
+
 def default_feature_cache() -> Path:
     "The per-user place for cached features: $XDG_CACHE_HOME/vip/features, else ~/.cache/vip/features."
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'vip'/'features'
 
 # %% ../nbs/08a_features.ipynb #0627f4de
 class FeatureCache:
-    "Image features on disk for one CLIP, transform and precision: {image key: feature (D,)}, in 256 shards."
-    def __init__(self, root: str | Path, clip: Clip, precision: str = 'auto'):
-        spec = f'v1|{model_fingerprint(clip.model)}|{clip.eval_transform!r}|{precision}'
-        self.dir = Path(root)/hashlib.sha256(spec.encode()).hexdigest()[:24]
+    "Features of one CLIP, transform and precision, {image key: feature (D,)}: in memory, and on disk in 256 shards unless `root` is None."
+    def __init__(self, root: str | Path | None, clip: Clip, precision: str = 'auto', transform=None):
+        transform = clip.eval_transform if transform is None else transform
+        spec = f'v1|{model_fingerprint(clip.model)}|{transform!r}|{precision}'
+        self.dir = None if root is None else Path(root)/hashlib.sha256(spec.encode()).hexdigest()[:24]
         self.encoded = 0                              # images encoded through this cache object
         self.read = 0                                 # features found in the cache
+        self._mem: dict[str, torch.Tensor] = {}       # what this object has read or written: no second disk read
 
     def _shard(self, key: str) -> Path: return self.dir/f'{key[:2]}.safetensors'
 
@@ -61,16 +67,17 @@ class FeatureCache:
 
     def get(self, keys: list[str]) -> dict[str, torch.Tensor]:
         "The cached features among `keys`."
-        out = {}
-        for shard in sorted({k[:2] for k in keys}):
-            have = self._load(self.dir/f'{shard}.safetensors')
+        out = {k: self._mem[k] for k in keys if k in self._mem}
+        for shard in sorted({k[:2] for k in keys if k not in out} if self.dir is not None else ()):
+            have = self._load(self._shard(shard))
             out.update({k: have[k] for k in keys if k[:2] == shard and k in have})
-        self.read += len(out)
+        self._mem.update(out); self.read += len(out)
         return out
 
     def put(self, feats: dict[str, torch.Tensor]):
-        "Add features to their shards, each shard rewritten atomically with what it held."
-        for shard in sorted({k[:2] for k in feats}):
-            path = self.dir/f'{shard}.safetensors'
-            merged = self._load(path) | {k: v.float().contiguous().cpu() for k, v in feats.items() if k[:2] == shard}
-            atomic_write(path, save(merged))
+        "Add features (to their shards, each shard rewritten atomically with what it held)."
+        feats = {k: v.float().contiguous().cpu() for k, v in feats.items()}
+        self._mem.update(feats)
+        for shard in sorted({k[:2] for k in feats} if self.dir is not None else ()):
+            path = self._shard(shard)
+            atomic_write(path, save(self._load(path) | {k: v for k, v in feats.items() if k[:2] == shard}))

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from .core import VipError, get_device, seed_everything, make_run_dir, check_run_name, atomic_write, check_classes
+from .core import (VipError, get_device, seed_everything, make_run_dir, check_run_name, atomic_write, check_classes,
+                      count_forwards)
 from .data import load_splits, sample_k_shot, save_split, drop_unreadable, ImageDataset
 from .clip import Clip, load_clip
 from .symptoms import load_symptoms
@@ -20,11 +21,13 @@ from .evaluate import classification_metrics, plot_confusion, plot_roc, SCALARS
 from .baselines import linear_probe
 from .model import ViP
 from .explain import save_run_explanations
+from .features import FeatureCache
 from .train import (TrainConfig, METHODS, TRAINED, build_method, method_options, train_method, dataset_features,
-                       predict, load_checkpoint, parse_class_names, dist_setup, broadcast, feature_cache)
+                       predict, load_checkpoint, parse_class_names, dist_setup, broadcast, feature_cache, augmented_features)
 
 # %% auto #0
-__all__ = ['FitResult', 'RunData', 'prepare_run', 'RunInterrupted', 'fit', 'plot_history', 'open_run', 'load_run', 'evaluate_run']
+__all__ = ['FitResult', 'RunData', 'prepare_run', 'RunInterrupted', 'fit', 'run_caches', 'plot_history', 'open_run', 'load_run',
+           'evaluate_run']
 
 # %% ../nbs/09a_run.ipynb #cfcdf421
 @dataclass
@@ -41,7 +44,9 @@ class FitResult:
     seconds: float = 0.0             # wall time of the whole run
     modules: dict = field(default_factory=dict)   # method -> the trained (or training-free) module, ready to use
     classes: list = field(default_factory=list)   # class names, in label order
-    images_encoded: int = 0          # forwards of the image encoder this run cost (0 when every feature was cached)
+    images_encoded: int = 0          # images the encoder saw to make this run's features (0 when all were cached)
+    image_forwards: int = 0          # all images through the image encoder in this run (features + on-the-fly augmentation)
+    seconds_split: dict = field(default_factory=dict)   # seconds in 'encode' (features), 'train' (methods), 'other'
 
     def metrics(self) -> dict:
         "The content of metrics.json."
@@ -129,15 +134,15 @@ def _run_method(m: str, rd: RunData, clip: Clip, feats: dict, run_dir, rank, wor
     module = build_method(m, clip, rd.classes, rd.symptoms, **method_options(cfg)).to(clip.device)
     before = module.symptom_weights() if isinstance(module, ViP) else None   # the merge prompt at initialisation
     if m not in TRAINED: return module, None, None
-    train = feats['train'] if not cfg.augment else rd.data['train']
+    train = feats['train'] if not cfg.augment else feats.get('train_views', rd.data['train'])   # views, or on the fly
     st = train_method(module, train, *feats['val'], cfg.loop(), run_dir, m, rank, world,
                       resume=resume, stop_after=stop_after, progress=progress)
     return module, st, before
 
 # %% ../nbs/09a_run.ipynb #fdd9c289
 def fit(cfg: TrainConfig | None = None, resume: str | Path | None = None, stop_after: int | None = None,
-        progress: bool = True, save: bool = True, clip: Clip | None = None) -> FitResult:
-    "Train and evaluate as `cfg` says (or continue `resume`); `clip`: a CLIP already loaded for this backbone, to reuse."
+        progress: bool = True, save: bool = True, clip: Clip | None = None, caches: dict | None = None) -> FitResult:
+    "Train and evaluate as `cfg` says (or continue `resume`); `clip` and `caches` (`run_caches`): already made, to share."
     t0 = time.time()
     cfg, run_dir = _start(cfg, resume)
     rank, world, device = dist_setup(cfg.device)
@@ -146,7 +151,7 @@ def fit(cfg: TrainConfig | None = None, resume: str | Path | None = None, stop_a
     clip = clip or load_clip(cfg.backbone, cfg.pretrained, device)
     if resume is None: run_dir = _new_run_dir(rd, save, rank, world)
     elif rank == 0: _remove_stale_tmp(run_dir)
-    try: return _fit(cfg, rd, clip, run_dir, rank, world, device, resume, stop_after, progress, t0)
+    try: return _fit(cfg, rd, clip, run_dir, rank, world, device, resume, stop_after, progress, t0, caches)
     except KeyboardInterrupt:
         if resume is None: _abandon(run_dir, rank)
         raise RunInterrupted(run_dir if run_dir is not None and run_dir.is_dir() else None) from None
@@ -155,37 +160,56 @@ def fit(cfg: TrainConfig | None = None, resume: str | Path | None = None, stop_a
         raise
 
 # %% ../nbs/09a_run.ipynb #ae660f86
-def _fit(cfg, rd: RunData, clip: Clip, run_dir, rank, world, device, resume, stop_after, progress, t0) -> FitResult:
+def run_caches(cfg: TrainConfig, clip: Clip, keep: bool = False) -> dict:
+    "The feature caches {'eval': ..., 'views': ...} of `cfg` (None when off; with `keep`, in memory then, for several runs)."
+    out = {'eval': feature_cache(cfg, clip), 'views': feature_cache(cfg, clip, views=True)}
+    if not keep: return out
+    return {k: c or FeatureCache(None, clip, cfg.precision, clip.train_transform if k == 'views' else None) for k, c in out.items()}
+
+def _run_features(cfg: TrainConfig, rd: RunData, clip: Clip, show: bool, caches: dict) -> dict:
+    "{split: (features, labels)}; with `aug_views`, 'train_views': (K, N, D) features of augmented views, and labels."
+    splits = ('val', 'test') + (('train',) if not cfg.augment or 'linear_probe' in cfg.methods() else ())
+    feats = {s: dataset_features(clip, rd.data[s], workers=cfg.workers, progress=show, precision=cfg.precision,
+                                 cache=caches['eval']) for s in splits}
+    if cfg.augment and cfg.aug_views:
+        feats['train_views'] = augmented_features(clip, rd.data['train'], cfg.aug_views, workers=cfg.workers,
+                                                  progress=show, precision=cfg.precision, cache=caches['views'])
+    return feats
+
+# %% ../nbs/09a_run.ipynb #40910359
+def _fit(cfg, rd: RunData, clip: Clip, run_dir, rank, world, device, resume, stop_after, progress, t0, caches=None) -> FitResult:
     "The body of `fit`, once the run folder exists."
     log = _log(run_dir, rank)
     log.info(f'run {run_dir} on {device} ({world} process(es)): {cfg}')
-    show, cache = progress and rank == 0, feature_cache(cfg, clip)
-    splits = ('val', 'test') + (('train',) if not cfg.augment or 'linear_probe' in cfg.methods() else ())
-    feats = {s: dataset_features(clip, rd.data[s], workers=cfg.workers, progress=show, precision=cfg.precision, cache=cache)
-             for s in splits}
-    encoded = cache.encoded if cache is not None else sum(len(rd.data[s]) for s in splits)
-    log.info(f'features ready after {time.time() - t0:.1f} s ({encoded} images encoded, the others cached)')
-    methods = [m for m in METHODS if m in cfg.methods() or m.startswith('zeroshot_')]
-    if rd.symptoms is None: methods = [m for m in methods if m not in ('vip', 'zeroshot_symptoms')]
-    out = FitResult(run_dir, False, dataset=Path(cfg.data).name, backbone=cfg.backbone, seed=cfg.seed, shots=cfg.shots,
-                    classes=rd.classes, images_encoded=encoded)
-    results, histories, before = {}, {}, None
-    for m in methods:
+    with count_forwards(clip.model.visual) as every:           # every image through the encoder, counted
         t1 = time.time()
-        module, st, b = _run_method(m, rd, clip, feats, run_dir, rank, world, resume is not None, stop_after, progress)
-        before = b if m == 'vip' else before
-        if st is not None:
-            histories[m] = st['history']
-            if not st['finished']:
-                log.info(f'{m}: stopped after epoch {st["epoch"]}; continue with resume={run_dir}')
-                out.epoch = st['epoch']; return out
-        module.eval(); out.modules[m] = module
-        results[m] = classification_metrics(feats['test'][1].numpy(), predict(module, feats['test'][0]).numpy(), rd.classes)
-        log.info(f'{m}: test accuracy {results[m]["accuracy"]:.4f} ({time.time() - t1:.1f} s)')
-    out.methods = {m: {k: r[k] for k in SCALARS} for m, r in results.items()}
-    if run_dir is not None and rank == 0: _write_results(run_dir, out, cfg, histories, results, feats, before)
+        feats = _run_features(cfg, rd, clip, progress and rank == 0, caches or run_caches(cfg, clip))
+        encoded, t_enc = every.n, time.time() - t1
+        log.info(f'features ready after {time.time() - t0:.1f} s ({encoded} images encoded, the others cached)')
+        methods = [m for m in METHODS if m in cfg.methods() or m.startswith('zeroshot_')]
+        if rd.symptoms is None: methods = [m for m in methods if m not in ('vip', 'zeroshot_symptoms')]
+        out = FitResult(run_dir, False, dataset=Path(cfg.data).name, backbone=cfg.backbone, seed=cfg.seed,
+                        shots=cfg.shots, classes=rd.classes, images_encoded=encoded)
+        results, histories, before, t_train = {}, {}, None, 0.0
+        for m in methods:
+            t1 = time.time()
+            module, st, b = _run_method(m, rd, clip, feats, run_dir, rank, world, resume is not None, stop_after, progress)
+            before = b if m == 'vip' else before
+            if st is not None:
+                histories[m] = st['history']
+                if not st['finished']:
+                    log.info(f'{m}: stopped after epoch {st["epoch"]}; continue with resume={run_dir}')
+                    out.epoch = st['epoch']; return out
+            module.eval(); out.modules[m] = module
+            results[m] = classification_metrics(feats['test'][1].numpy(), predict(module, feats['test'][0]).numpy(), rd.classes)
+            t_train += time.time() - t1
+            log.info(f'{m}: test accuracy {results[m]["accuracy"]:.4f} ({time.time() - t1:.1f} s)')
+        out.methods = {m: {k: r[k] for k in SCALARS} for m, r in results.items()}
+        out.image_forwards, out.seconds = every.n, time.time() - t0
+        out.seconds_split = {'encode': t_enc, 'train': t_train, 'other': out.seconds - t_enc - t_train}
+        if run_dir is not None and rank == 0: _write_results(run_dir, out, cfg, histories, results, feats, before)
     out.finished, out.seconds = True, time.time() - t0
-    log.info(f'done in {out.seconds:.1f} s')
+    log.info(f'done in {out.seconds:.1f} s ({out.image_forwards} images through the image encoder)')
     return out
 
 # %% ../nbs/09a_run.ipynb #7e22ddd1
@@ -210,7 +234,8 @@ def _write_results(run_dir: Path, res: FitResult, cfg: TrainConfig, histories: d
     atomic_write(run_dir/'metrics.json', json.dumps(res.metrics(), indent=1) + '\n')
     detail = {m: {k: r[k] for k in ('per_class', 'confusion_matrix')} for m, r in results.items()}
     atomic_write(run_dir/'metrics_detail.json', json.dumps({'classes': res.classes, 'methods': detail,
-                                                           'history': histories, 'images_encoded': res.images_encoded}, indent=1) + '\n')
+                                                           'history': histories, 'images_encoded': res.images_encoded,
+                                                           'image_forwards': res.image_forwards, 'seconds_split': res.seconds_split}, indent=1) + '\n')
     main = cfg.method if cfg.method in results else 'vip' if 'vip' in results else next(iter(results))
     if histories: _save(plot_history(histories), run_dir/'training_curve.png')
     _save(plot_confusion(results[main]['confusion_matrix'], res.classes, title=f'{main}, test split'), run_dir/'confusion.png')

@@ -19,19 +19,19 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .core import VipError, PRECISIONS, get_device, atomic_write, grad_scaler
-from .data import ImageDataset
+from .data import ImageDataset, load_image
 from .clip import Clip, encode_images, resolve_backbone, DATA_SAMPLES, POCKET
 from .context import POSITIONS
 from .model import ViP
 from .learner import PromptLearner, state_mismatch
-from .features import FeatureCache, image_key, default_feature_cache
+from .features import FeatureCache, image_key, view_key, default_feature_cache
 from .baselines import CoOp, CoCoOp, zeroshot_classname, zeroshot_symptoms
 
 # %% auto #0
 __all__ = ['RECIPES', 'FEW_SHOT_EPOCHS', 'BUNDLED_DATA', 'METHODS', 'TRAINED', 'option', 'TrainConfig', 'config_methods',
            'check_config', 'LoopConfig', 'lr_at', 'build_method', 'method_options', 'save_checkpoint',
            'load_checkpoint', 'dist_setup', 'broadcast', 'HeldInterrupts', 'dataset_features', 'feature_cache',
-           'predict', 'train_method', 'parse_class_names']
+           'predict', 'augmented_features', 'train_method', 'parse_class_names']
 
 # %% ../nbs/09_train.ipynb #80083fb1
 RECIPES = {  # backbone -> the training recipe (paper, section 3; 'pocket' is the bundled teaching model)
@@ -76,6 +76,7 @@ class TrainConfig:
     warmup_epochs: int = option(1, 'epochs at the constant warm-up rate before the cosine schedule')
     warmup_lr: float = option(1e-5, 'the warm-up rate')
     augment: bool | None = option(None, 'random resized crop + flip on training images; off: features computed once')
+    aug_views: int = option(0, 'with augment: K augmented views per training image, encoded once (cached), one drawn per epoch; 0: augment on the fly')
     shots: int | None = option(None, 'k images per class for training (None: the full training split)')
     val_shots: int | None = option(None, 'k images per class for validation too (None: the full validation split)')
     seed: int = option(1, 'seeds data draws, initialisation and shuffling (paper: 1, 2, 3)')
@@ -135,8 +136,10 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
             raise VipError(f'{k} must be at least 1, not {getattr(cfg, k)}{tip}')
     for k in ('lr', 'warmup_lr'):
         if getattr(cfg, k) is not None and not getattr(cfg, k) > 0: raise VipError(f'{k} must be above 0, not {getattr(cfg, k)}')
-    for k in ('momentum', 'weight_decay', 'warmup_epochs', 'workers'):
+    for k in ('momentum', 'weight_decay', 'warmup_epochs', 'workers', 'aug_views'):
         if getattr(cfg, k) < 0: raise VipError(f'{k} must be 0 or more, not {getattr(cfg, k)}')
+    if cfg.aug_views and not cfg.augment:
+        raise VipError(f'aug_views={cfg.aug_views} needs augmentation: add --augment true (or leave aug_views at 0)')
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise VipError(f'--out {cfg.out} is a file, not a folder: give a folder for the run folders (it is made if missing)')
     return cfg
@@ -317,11 +320,12 @@ def dataset_features(clip: Clip, ds: ImageDataset, batch_size: int = 64, workers
     labels = torch.tensor([y for _, y in ds.items], dtype=torch.long)
     return torch.stack([have[k] for k in keys]) if keys else torch.empty(0, clip.embed_dim), labels  # (N, D), (N,)
 
-def feature_cache(cfg: TrainConfig, clip: Clip) -> FeatureCache | None:
-    "The feature cache `cfg` asks for on `clip` (None when turned off)."
+def feature_cache(cfg: TrainConfig, clip: Clip, views: bool = False) -> FeatureCache | None:
+    "The feature cache `cfg` asks for on `clip` (None when turned off); `views`: the one for augmented views."
     where = cfg.feature_cache
     if where is None or str(where).lower() == 'none': return None
-    return FeatureCache(default_feature_cache() if where == 'auto' else where, clip, cfg.precision)
+    return FeatureCache(default_feature_cache() if where == 'auto' else where, clip, cfg.precision,
+                        clip.train_transform if views else None)
 
 @torch.no_grad()
 def predict(module: nn.Module, feats: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -329,6 +333,38 @@ def predict(module: nn.Module, feats: torch.Tensor, chunk: int = 1024) -> torch.
     dev = next(iter(module.buffers()), torch.empty(0)).device
     out = [module.forward_features(feats[i:i + chunk].to(dev)).float().softmax(-1).cpu() for i in range(0, len(feats), chunk)]
     return torch.cat(out)
+
+# %% ../nbs/09_train.ipynb #f54f7e7e
+class _Views(torch.utils.data.Dataset):
+    "Augmented view `v` of image `i` of `ds` for each (i, v) in `todo`, its random draw seeded by the view's name."
+    def __init__(self, ds: ImageDataset, keys: list[str], transform, todo: list[tuple[int, int]]):
+        self.ds, self.keys, self.transform, self.todo = ds, keys, transform, todo
+    def __len__(self): return len(self.todo)
+    def __getitem__(self, j):
+        i, v = self.todo[j]
+        path, y = self.ds.items[i]
+        img = load_image(path)
+        with torch.random.fork_rng(devices=[]):                   # the caller's random state is left as it was
+            torch.manual_seed(int(view_key(self.keys[i], v)[:15], 16))
+            return self.transform(img), y
+
+def augmented_features(clip: Clip, ds: ImageDataset, views: int, batch_size: int = 64, workers: int = 0,
+                       progress: bool = True, precision: str = 'auto', cache: FeatureCache | None = None):
+    "Normalised features (K, N, D) of K=`views` augmented views of every image of `ds`, and labels (N,)."
+    cache = cache if cache is not None else FeatureCache(None, clip, precision, clip.train_transform)
+    keys = [image_key(p) for p, _ in ds.items]
+    names = [[view_key(k, v) for k in keys] for v in range(views)]              # (K, N)
+    have = cache.get([n for row in names for n in row])
+    todo = [(i, v) for v in range(views) for i in range(len(keys)) if names[v][i] not in have]
+    if todo:
+        loader = DataLoader(_Views(ds, keys, clip.train_transform, todo), batch_size=batch_size, num_workers=workers,
+                            worker_init_fn=_worker_ignores_ctrl_c if workers else None,
+                            generator=torch.Generator().manual_seed(0))     # not the caller's random state
+        f, _ = encode_images(clip, HeldInterrupts(loader), progress, precision)
+        new = {names[v][i]: f[j] for j, (i, v) in enumerate(todo)}
+        cache.put(new); have |= new; cache.encoded += len(todo)
+    labels = torch.tensor([y for _, y in ds.items], dtype=torch.long)
+    return torch.stack([torch.stack([have[n] for n in row]) for row in names]), labels   # (K, N, D), (N,)
 
 # %% ../nbs/09_train.ipynb #0f3d92ed
 def _epoch_order(n: int, seed: int, epoch: int, per_rank: int, rank: int, world: int):
@@ -341,10 +377,13 @@ def _epoch_order(n: int, seed: int, epoch: int, per_rank: int, rank: int, world:
     return order.view(steps, world, per_rank)[:, rank].reshape(-1).tolist(), gen
 
 def _batches(module: PromptLearner, train, mine: list[int], per_rank: int, loop: LoopConfig, gen):
-    "Batches of (image features, labels): slices of cached features, or augmented images through the frozen encoder."
+    "Batches of (image features, labels): slices of cached features (of one of K views), or augmented images encoded now."
     if isinstance(train, tuple):
+        f, y = train                                                              # (N, D) or (K, N, D) with views
+        pick = torch.randint(len(f), (f.shape[1],), generator=gen) if f.ndim == 3 else None   # this epoch's view per image
         for i in range(0, len(mine), per_rank):
-            yield train[0][mine[i:i + per_rank]], train[1][mine[i:i + per_rank]]
+            idx = torch.tensor(mine[i:i + per_rank], dtype=torch.long)
+            yield (f[idx] if pick is None else f[pick[idx], idx]), y[idx]
         return
     for x, y in _loader(train, module.clip.train_transform, per_rank, loop.workers, mine, gen):
         yield module.encode_image(x), y                                           # (B, D), frozen, no gradients
@@ -360,7 +399,7 @@ def train_method(module: PromptLearner, train, val_f, val_y, loop: LoopConfig, r
     state = {'epoch': -1, 'best_val': -1.0, 'best_epoch': -1, 'history': [], 'finished': False}
     last, best = (run_dir/f'{tag}-last.safetensors', run_dir/f'{tag}-best.safetensors') if run_dir else (None, None)
     if resume and last is not None and last.exists(): state = load_checkpoint(last, module, opt)
-    n = len(train[0]) if isinstance(train, tuple) else len(train)
+    n = len(train[1]) if isinstance(train, tuple) else len(train)
     per_rank, best_state, done = max(1, loop.batch_size // world), None, 0
     for epoch in tqdm(range(state['epoch'] + 1, loop.epochs), desc=tag, disable=not progress or rank != 0):
         if state['finished']: break
