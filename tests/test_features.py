@@ -76,3 +76,17 @@ def test_two_processes_writing_the_same_cache_leave_it_readable(tmp_path):
         warnings.simplefilter('error')                       # a damaged shard would warn: none may
         for f in cache.dir.glob('*.safetensors'): assert cache._load(f)
     assert list(cache.dir.glob('.*.tmp')) == []
+
+
+def test_augmented_views_are_encoded_once_and_on_the_fly_augmentation_counts_every_epoch(tmp_path, toy, capsys):
+    d = _detail(_train(tmp_path, toy, 'views', '--augment', 'true', '--aug_views', 3))
+    assert (d['images_encoded'], d['image_forwards']) == (24 + 3 * 12, 24 + 3 * 12)   # val and test once, 3 views of train
+    again = _detail(_train(tmp_path, toy, 'views2', '--augment', 'true', '--aug_views', 3))
+    assert again['image_forwards'] == 0                                                # all of it cached
+    fly = _detail(_train(tmp_path, toy, 'fly', '--augment', 'true'))
+    assert (fly['images_encoded'], fly['image_forwards']) == (0, 4 * 12)               # 4 epochs x 12 training images
+    assert set(fly['seconds_split']) == {'encode', 'train', 'other'}
+    capsys.readouterr()
+    assert train_main(_args(toy, tmp_path/'runs', 'bad', '--aug_views', '2')) == 2     # views without augmentation
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and '--augment true' in err
