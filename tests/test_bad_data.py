@@ -111,7 +111,7 @@ def test_webp_images_are_read(tmp_path):
 def test_every_unused_file_is_counted_in_one_warning_line(tmp_path):
     root = _toy(tmp_path)
     d = root/'train'/'b'
-    (d/'notes.txt').write_text('scanned on Monday'); (d/'scan.dcm').write_bytes(b'\x00' * 132 + b'DICM')
+    (d/'notes.txt').write_text('scanned on Monday'); (d/'scan.gif').write_bytes(b'\x00' * 132 + b'DICM')
     os.symlink(tmp_path/'nowhere.png', d/'gone.png')                 # a link whose target was deleted
     (d/'more').mkdir(); Image.new('RGB', (8, 8)).save(d/'more'/'b7.png')
     (d/'.DS_Store').write_bytes(b'\x00\x00\x00\x01Bud1')

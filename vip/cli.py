@@ -19,7 +19,8 @@ from .symptoms import one_line
 
 # %% auto #0
 __all__ = ['OneLineParser', 'train_parser', 'fail', 'run_command', 'train_main', 'main', 'eval_main', 'eval_cli', 'compare_main',
-           'compare_cli', 'bench_main', 'bench_cli', 'symptoms_parser', 'symptoms_main', 'symptoms_cli']
+           'compare_cli', 'bench_main', 'bench_cli', 'symptoms_parser', 'symptoms_main', 'symptoms_cli', 'data_parser',
+           'data_main', 'data_cli']
 
 # %% ../nbs/12_cli.ipynb #a0c9d9bc
 class OneLineParser(argparse.ArgumentParser):
@@ -268,3 +269,69 @@ def symptoms_main(argv: list[str] | None = None) -> int:
     return run_command('vip_symptoms', body)
 
 def symptoms_cli(): sys.exit(symptoms_main())
+
+# %% ../nbs/12_cli.ipynb #c9571297
+from .data import read_split_file, split_classes, split_entries
+from .datasets import (DERM7PT_CLASSES, check_split, format_check, link_split, prepare_derm7pt, prepare_pneumonia,
+                          summary, write_split)
+
+def data_parser() -> argparse.ArgumentParser:
+    "The `vip_data` argument parser: the commands `pneumonia`, `derm7pt` and `check`."
+    p = OneLineParser(prog='vip_data', description="Prepare the paper's datasets as downloaded (a split file of the real "
+                      "paths, for vip_train --data ROOT --split_file OUT.json), or check a split file.")
+    sub = p.add_subparsers(dest='command', required=True, parser_class=OneLineParser)
+    for name, what in (('pneumonia', "Kermany's chest X-rays, either release"), ('derm7pt', 'the Derm7pt release')):
+        q = sub.add_parser(name, help=f'write a split file for {what}', description=f'Write a split file for {what}.')
+        q.add_argument('root', metavar='ROOT', help='the unpacked download (the dataset may sit at any depth)')
+        q.add_argument('--split', metavar='FILE', default=None, help="the authors' split file, resolved by file name "
+                       "(default: the release's own split)")
+        q.add_argument('-o', '--output', required=True, metavar='OUT.json', help='split file to write (paths under ROOT)')
+        q.add_argument('--force', action='store_true', help='replace OUT.json if it exists')
+        q.add_argument('--links', metavar='DIR', default=None, help="also write symlinks to the images under DIR, in the "
+                       "split file's layout (default: none)")
+        if name == 'pneumonia':
+            q.add_argument('--val_fraction', type=float, default=0.1, help='without --split: share of each class of '
+                           'train held out for validation (default: %(default)s)')
+            q.add_argument('--seed', type=int, default=1, help='without --split: seed of that draw (default: %(default)s)')
+        else:
+            q.add_argument('--classes', choices=list(DERM7PT_CLASSES), default=None,
+                           help="without --split: 'paper' (melanoma, nevus; the default) or 'five' (Derm7pt's groups)")
+    c = sub.add_parser('check', help='check a split file against an image root; writes nothing',
+                       description='Check a split file against an image root; writes nothing. Exit 1 if it finds a problem.')
+    c.add_argument('root', metavar='ROOT', help='the image root'); c.add_argument('--split', metavar='FILE', required=True)
+    return p
+
+# %% ../nbs/12_cli.ipynb #d706173f
+def _prepare(args) -> dict:
+    "The split file of `vip_data pneumonia|derm7pt` as a dict."
+    if args.command == 'pneumonia': return prepare_pneumonia(args.root, args.split, args.val_fraction, args.seed)
+    if args.split and args.classes:
+        raise VipError('--classes goes without --split: the split file names the classes; leave out one of the two')
+    return prepare_derm7pt(args.root, args.split, args.classes or 'paper')
+
+def data_main(argv: list[str] | None = None) -> int:
+    "The `vip_data` command: write a split file of a download (0), or check one (0 if fine, 1 if not); 2 on bad input."
+    args = data_parser().parse_args(argv)
+    def body():
+        t0 = time.perf_counter()
+        if args.command == 'check':
+            report = check_split(args.root, args.split)
+            print(format_check(report))
+            return 1 if report['message'] or report['unreadable'] or report['in_two_splits'] else 0
+        out = Path(args.output)
+        if out.exists() and not args.force: raise VipError(f'{out} already exists: pass --force to replace it, or choose another -o')
+        if args.links and Path(args.links).exists() and any(Path(args.links).iterdir()):
+            raise VipError(f'{args.links} is not empty: give --links a new or empty folder')
+        data = _prepare(args)
+        write_split(data, out, overwrite=args.force)
+        linked = ''
+        if args.links:
+            layout = split_entries(read_split_file(args.split)) if args.split else None
+            linked = f', {link_split(data, args.root, args.links, layout)} links in {args.links}'
+        print(f"wrote {out}: {summary(data)}, classes {', '.join(split_classes(data))}; "
+              f"{data['_about']['split']}{linked} ({time.perf_counter() - t0:.1f} s); "
+              f"train with: vip_train --data {args.root} --split_file {out}")
+        return 0
+    return run_command('vip_data', body)
+
+def data_cli(argv: list[str] | None = None): sys.exit(data_main(argv))

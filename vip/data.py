@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #ef745aab
 from __future__ import annotations
-import json, random, re, warnings
+import json, os, random, re, warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,12 +18,13 @@ from torch.utils.data import Dataset
 from .core import VipError, atomic_write, check_classes
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'to_rgb', 'load_image', 'ImageDataset', 'check_images', 'drop_unreadable', 'scan_class_folder',
-           'find_images', 'folder_dataset', 'split_classes', 'split_file_dataset', 'sample_k_shot', 'save_split',
+__all__ = ['IMAGE_EXTS', 'to_rgb', 'load_image', 'dicom_gray', 'read_dicom', 'ImageDataset', 'check_images', 'drop_unreadable',
+           'scan_class_folder', 'find_images', 'folder_dataset', 'read_split_file', 'split_entries', 'split_classes',
+           'index_files', 'resolve_entries', 'unresolved_message', 'split_file_dataset', 'sample_k_shot', 'save_split',
            'load_splits', 'show_samples']
 
 # %% ../nbs/01_data.ipynb #22351e41
-IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff') + (('.webp',) if features.check('webp') else ())
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.dcm') + (('.webp',) if features.check('webp') else ())
 
 def to_rgb(img: Image.Image) -> Image.Image:
     "An 8-bit RGB copy of `img`; high bit-depth grayscale is scaled by the image's own range."
@@ -50,11 +51,12 @@ def _why(e: Exception, path) -> str:
     if isinstance(e, UnidentifiedImageError): return 'not an image file Pillow recognises'
     if isinstance(e, FileNotFoundError): return 'no such file'
     s = re.sub(r'\s+', ' ', str(e).replace(repr(str(path)), '').replace(str(path), '')).strip(' :')
-    return s[:100] or type(e).__name__
+    return s[:160] or type(e).__name__
 
 # %% ../nbs/01_data.ipynb #aec57440
 def _open_rgb(path: str | Path, draft: bool = False) -> Image.Image:
-    "Decode one image file to RGB; what Pillow raises or warns passes through."
+    "Decode one image file to RGB (DICOM through pydicom); what Pillow or pydicom raise or warn passes through."
+    if Path(path).suffix.lower() == '.dcm': return read_dicom(path)
     with Image.open(path) as img:
         if draft and img.format == 'JPEG': img.draft('RGB', (64, 64))
         img.load()
@@ -72,6 +74,61 @@ def load_image(path: str | Path, draft: bool = False) -> Image.Image:
         why = _why(e, path)
         fix = _TOO_LARGE if why.startswith('too large') else 'replace or remove the file'
         raise VipError(f'cannot read image {path} ({why}): {fix}') from None
+
+# %% ../nbs/01_data.ipynb #520faf80
+def _pydicom():
+    "The pydicom module, or a one-line error saying how to install it."
+    try: import pydicom
+    except ImportError: raise VipError('reading DICOM (.dcm) images needs pydicom: pip install "vip[dicom]"') from None
+    return pydicom
+
+def _dicom_luts(pydicom):
+    "pydicom's LUT functions (in `pydicom.pixels` from version 3, in `pixel_data_handlers.util` before)."
+    try: from pydicom import pixels as util; util.apply_voi_lut
+    except (ImportError, AttributeError): from pydicom.pixel_data_handlers import util
+    return util
+
+def _first(v) -> float:
+    "The first value of a DICOM element that may hold several (window centres and widths often do)."
+    return float(np.ravel(np.asarray(v, dtype=np.float64))[0])
+
+def dicom_gray(ds, a: np.ndarray) -> np.ndarray:
+    "Gray pixels `a` of DICOM dataset `ds` as 0..1: modality LUT, stored VOI LUT or window (else the range), MONOCHROME1 inverted."
+    util = _dicom_luts(_pydicom())
+    a = np.asarray(util.apply_modality_lut(a, ds), dtype=np.float64)      # stored values -> e.g. Hounsfield units
+    if 'VOILUTSequence' in ds:                                            # a lookup table chosen by the modality
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        a = np.asarray(util.apply_voi_lut(a, ds, prefer_lut=True), dtype=np.float64) / (2 ** bits - 1)
+    elif ds.get('WindowWidth') is not None and _first(ds.WindowWidth) > 1:   # the window the scan is meant to be read in
+        c, w = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        a = (a - (c - 0.5)) / (w - 1) + 0.5                               # DICOM's linear window (PS3.3 C.11.2.1.2)
+    else:
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    a = np.clip(a, 0.0, 1.0)
+    return 1.0 - a if ds.get('PhotometricInterpretation') == 'MONOCHROME1' else a   # MONOCHROME1: high values are dark
+
+# %% ../nbs/01_data.ipynb #45f558d4
+def read_dicom(path: str | Path) -> Image.Image:
+    "A single-frame DICOM file as 8-bit RGB; a file vip cannot use raises `ValueError` saying why."
+    pydicom = _pydicom()
+    try: ds = pydicom.dcmread(path)
+    except pydicom.errors.InvalidDicomError: raise ValueError('not a DICOM file pydicom recognises') from None
+    if 'PixelData' not in ds: raise ValueError('a DICOM file without an image (no pixel data)')
+    frames = int(ds.get('NumberOfFrames') or 1)
+    if frames > 1: raise ValueError(f'multi-frame DICOM ({frames} frames): save the frame you want as a file of its own')
+    try: a = ds.pixel_array
+    except (RuntimeError, NotImplementedError):                           # compressed, and no installed plugin decodes it
+        raise ValueError(f'compressed ({ds.file_meta.TransferSyntaxUID.name}) and no installed decoder reads it: '
+                         'pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg') from None
+    pi = str(ds.get('PhotometricInterpretation', 'MONOCHROME2'))
+    if pi == 'PALETTE COLOR': a = _dicom_luts(pydicom).apply_color_lut(a, ds)
+    elif pi.startswith('YBR') and int(pydicom.__version__.split('.')[0]) < 3:   # pydicom 3 converts to RGB itself
+        a = _dicom_luts(pydicom).convert_color_space(a, pi, 'RGB')
+    if a.ndim == 3:                                                       # colour: 8 bits, or scaled from its type's range
+        a = a if a.dtype == np.uint8 else np.round(a / np.iinfo(a.dtype).max * 255).astype(np.uint8)
+        return Image.fromarray(np.ascontiguousarray(a), 'RGB')
+    return Image.fromarray(np.round(dicom_gray(ds, a) * 255).astype(np.uint8), 'L').convert('RGB')
 
 # %% ../nbs/01_data.ipynb #62799bfc
 class ImageDataset(Dataset):
@@ -227,24 +284,28 @@ def folder_dataset(root: str | Path, split: str = 'train', classes: list[str] | 
     return ImageDataset(drop_unreadable(items, on_error, str(root/split), check)[split], names, transform, root)
 
 # %% ../nbs/01_data.ipynb #0a7fea1a
-def _read_split_file(split_file: str | Path) -> dict:
-    "The JSON of a split file, checked to be of the form {split: [[path, label, class_name], ...]}."
+def read_split_file(split_file: str | Path) -> dict:
+    "The JSON of a split file, checked: {split: [[path, label, class_name], ...]}, plus any `_`-prefixed extra keys."
     path = Path(split_file)
     if not path.is_file(): raise VipError(f'split file {path} not found: check the path')
     try: data = json.loads(path.read_text(encoding='utf-8-sig'))   # -sig: also UTF-8 with a byte-order mark (Notepad)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VipError(f'split file {path} is not valid JSON ({e}): fix or re-download it') from None
     ok = isinstance(data, dict) and all(isinstance(v, list) and all(isinstance(e, (list, tuple)) and len(e) == 3
-                                                                   for e in v) for v in data.values())
+                                                                   for e in v) for v in split_entries(data).values())
     if not ok:
         raise VipError(f'split file {path} is not of the form {{"train": [[path, label, class_name], ...], ...}}: fix it')
     return data
+
+def split_entries(data: dict) -> dict:
+    "The splits of a split file's JSON: every key but the extras, whose names start with '_' (e.g. '_about')."
+    return {k: v for k, v in data.items() if not str(k).startswith('_')}
 
 # %% ../nbs/01_data.ipynb #84c41b5e
 def split_classes(data: dict) -> list[str]:
     "Class names in label order from the entries of all splits, checked to be consistent."
     names = {}
-    for entries in data.values():
+    for entries in split_entries(data).values():
         for _, y, c in entries:
             try: y = int(y)
             except (TypeError, ValueError):
@@ -255,29 +316,83 @@ def split_classes(data: dict) -> list[str]:
         raise VipError(f'split file labels {sorted(names)} are not 0..{len(names) - 1}: fix the file')
     return [names[i] for i in range(len(names))]
 
+# %% ../nbs/01_data.ipynb #3326f0fe
+def index_files(root: str | Path) -> dict[str, list[Path]]:
+    "Every file under `root` by file name, from one walk of the tree (hidden files and folders, `__MACOSX` left out)."
+    index = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.') and d != '__MACOSX')
+        for f in files:
+            if not f.startswith('.'): index.setdefault(f, []).append(Path(folder)/f)
+    return index
+
+def _distinct(paths: list[Path]) -> list[Path]:
+    "`paths` without those that are the same file as an earlier one (a symlink and its target count once)."
+    if len(paths) < 2: return paths
+    seen = {}
+    for p in paths: seen.setdefault(os.path.realpath(p), p)
+    return list(seen.values())
+
+def resolve_entries(entries: dict[str, list], root: str | Path) -> tuple[dict, dict]:
+    "Split -> (path, label) items: an entry's own path under `root` if it is a file, else the one file of that name there."
+    root, index = Path(root), None
+    items, missing, ambiguous = {}, {}, {}
+    for s, rows in entries.items():
+        items[s] = []
+        for rel, y, *_ in rows:
+            p = root/rel
+            if not p.is_file():
+                if index is None: index = index_files(root)        # built once, and only when a path is not where it says
+                found = _distinct(index.get(Path(rel).name, []))
+                if len(found) != 1:
+                    (ambiguous if found else missing).setdefault(s, []).append((rel, found)); continue
+                p = found[0]
+            items[s].append((p, int(y)))
+    return items, {'missing': missing, 'ambiguous': ambiguous}
+
 # %% ../nbs/01_data.ipynb #31e5a6ce
+def _examples(rows: list, root: Path, n: int = 3) -> str:
+    "The first `n` of (entry, files found) `rows` as text, with a count of the rest."
+    def one(rel, found):
+        return rel if not found else f"{Path(rel).name} ({', '.join(str(p.relative_to(root)) for p in found[:3])})"
+    return ', '.join(one(*r) for r in rows[:n]) + (f' and {len(rows) - n} more' if len(rows) > n else '')
+
+def unresolved_message(problems: dict, entries: dict, where, root: Path) -> str | None:
+    "One line about the entries `resolve_entries` could not place (None if none): counts per split, a few examples."
+    miss, amb = ([r for rs in problems[k].values() for r in rs] for k in ('missing', 'ambiguous'))
+    if not miss and not amb: return None
+    per = lambda s: len(problems['missing'].get(s, [])) + len(problems['ambiguous'].get(s, []))
+    head = f'{len(miss) + len(amb)} of {sum(map(len, entries.values()))} '
+    head += f'{next(iter(entries))} images' if len(entries) == 1 else 'images'
+    head += f' listed in {where}'
+    if len(entries) > 1: head += ' (' + ', '.join(f'{s}: {per(s)} of {len(v)}' for s, v in entries.items()) + ')'
+    m = f'missing under {root} (also looked up by file name), e.g. {_examples(miss, root)}'
+    a = f'a file name found more than once under {root}, e.g. {_examples(amb, root)}'
+    if not amb: return f'{head} are {m}'
+    if not miss: return f'{head} have {a}'
+    return (f"{head} cannot be placed: {len(miss)} {'is' if len(miss) == 1 else 'are'} {m}; "
+            f"{len(amb)} {'has' if len(amb) == 1 else 'have'} {a}")
+
+_UNPLACED_FIX = ('check the image root, keep one copy of each duplicate (or give its full path in the split file), '
+                 'or pass on_error="skip" (--skip_unreadable true)')
+
 def _split_file_items(split_file: str | Path, root: Path, splits) -> tuple[dict, list[str]]:
-    "The (path, label) items of `splits` of a split file, images under `root`, and the class names in label order."
-    data = _read_split_file(split_file)
+    "The entries of `splits` of a split file whose images are under `root`, and the class names in label order."
+    data = split_entries(read_split_file(split_file))
     for s in splits:
         if s not in data: raise VipError(f'split file {split_file} has no {s!r} split (it has {list(data)})')
     if not root.is_dir(): raise VipError(f'image root {root} not found: point it at the folder the split file paths start from')
     classes = split_classes(data)                         # first: it checks that every label is a number
-    return {s: [(root/p, int(y)) for p, y, _ in data[s]] for s in splits}, classes
+    return {s: data[s] for s in splits}, classes
 
-def _drop_missing(items: dict, split_file, root: Path, on_error: str) -> dict:
-    "`items` (split -> items) without the files missing under `root`, or one error counting them in every split."
+def _place(entries: dict, split_file, root: Path, on_error: str) -> dict:
+    "Split -> (path, label) items of split-file `entries` under `root`, or one error for all that cannot be placed."
     _check_on_error(on_error)
-    missing = {s: [p for p, _ in its if not p.is_file()] for s, its in items.items()}
-    n = sum(map(len, missing.values()))
-    if not n: return items
-    what = f'{n} of {sum(map(len, items.values()))} ' + (f'{next(iter(items))} images' if len(items) == 1 else 'images')
-    per = '' if len(items) == 1 else ' (' + ', '.join(f'{s}: {len(missing[s])} of {len(v)}' for s, v in items.items()) + ')'
-    msg = f'{what} listed in {split_file}{per} are missing under {root}, e.g. {next(m[0] for m in missing.values() if m)}'
-    if on_error == 'raise': raise VipError(msg + ': check image_root (or pass on_error="skip", --skip_unreadable true)')
-    warnings.warn(msg + ': skipped')
-    gone = {p for m in missing.values() for p in m}
-    return {s: [it for it in its if it[0] not in gone] for s, its in items.items()}
+    items, problems = resolve_entries(entries, root)
+    msg = unresolved_message(problems, entries, split_file, root)
+    if msg and on_error == 'raise': raise VipError(f'{msg}: {_UNPLACED_FIX}')
+    if msg: warnings.warn(f'{msg}: skipped')
+    return items
 
 # %% ../nbs/01_data.ipynb #1ceb8e0b
 def split_file_dataset(split_file: str | Path, image_root: str | Path, split: str = 'train',
@@ -285,7 +400,7 @@ def split_file_dataset(split_file: str | Path, image_root: str | Path, split: st
     "One split of a split file (`[relative_path, label, class_name]` entries), images under `image_root`."
     root = Path(image_root)
     items, classes = _split_file_items(split_file, root, (split,))
-    items = drop_unreadable(_drop_missing(items, split_file, root, on_error), on_error, f'{split_file} ({split})', check)
+    items = drop_unreadable(_place(items, split_file, root, on_error), on_error, f'{split_file} ({split})', check)
     return ImageDataset(items[split], classes, transform, root)
 
 # %% ../nbs/01_data.ipynb #d88177c9
@@ -320,7 +435,7 @@ def load_splits(root: str | Path, split_file: str | Path | None = None, classes=
     if split_file is not None:
         items, names = _split_file_items(split_file, root, splits)
         if classes is not None: check_classes(names, classes, what='requested')
-        items = _drop_missing(items, split_file, root, on_error)
+        items = _place(items, split_file, root, on_error)
         where = str(split_file) if many else f'{split_file} ({splits[0]})'
     else:
         items, names, other = _folder_splits(root, classes, splits)
