@@ -4,25 +4,30 @@
 
 # %% ../nbs/02_clip.ipynb #991808c5
 from __future__ import annotations
-import contextlib, json, logging, socket, tempfile
+import contextlib, copy, importlib.util, json, logging, socket, string, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import open_clip
-from huggingface_hub import constants as hf_constants
+from huggingface_hub import constants as hf_constants, try_to_load_from_cache
+from open_clip.hf_model import HFTextEncoder   # importable without transformers
+from safetensors.torch import save as safetensors_bytes
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms as T
 
 import vip
-from .core import VipError, autocast, get_device
+from .core import VipError, atomic_write, autocast, get_device
 
 # %% auto #0
-__all__ = ['BACKBONES', 'TINY', 'POCKET', 'TINY_CONFIG', 'POCKET_CONFIG', 'DATA_SAMPLES', 'bundled_file', 'register_config',
-           'resolve_backbone', 'train_transform', 'TextParts', 'text_parts', 'Clip', 'load_clip',
-           'encode_token_embeddings', 'encode_texts', 'encode_images']
+__all__ = ['BACKBONES', 'BIOMEDCLIP', 'HUB_NAMES', 'TINY', 'POCKET', 'TINY_CONFIG', 'POCKET_CONFIG', 'DATA_SAMPLES', 'TINY_BERT',
+           'HF_INSTALL', 'TINY_BERT_TEXT', 'TINY_BERT_CONFIG', 'FOLDER_FILES', 'TOWER_KINDS', 'bundled_file',
+           'register_config', 'require_transformers', 'write_tiny_bert', 'folder_weights', 'check_folder',
+           'resolve_backbone', 'train_transform', 'TextParts', 'text_parts', 'HFTextParts', 'text_tower_kind',
+           'hf_text_parts', 'Clip', 'load_clip', 'save_clip', 'encode_token_embeddings', 'encode_texts',
+           'encode_images']
 
 # %% ../nbs/02_clip.ipynb #b4049469
 BACKBONES = {  # the paper's name -> (open_clip architecture, pretrained tag)
@@ -30,6 +35,9 @@ BACKBONES = {  # the paper's name -> (open_clip architecture, pretrained tag)
     'RN50x64': ('RN50x64', 'openai'),
     'ViT-L/14-336': ('ViT-L-14-336', 'openai'),
 }
+
+BIOMEDCLIP = 'BiomedCLIP'
+HUB_NAMES = {BIOMEDCLIP: 'hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224'}  # short name -> open_clip name
 
 TINY = 'vip-tiny'
 POCKET = 'pocket'
@@ -62,33 +70,134 @@ def bundled_file(name: str) -> Path:
 # %% ../nbs/02_clip.ipynb #129afbcc
 _CONFIG_DIR = None
 
+def _config_dir() -> Path:
+    "vip's temporary folder of open_clip configs (made on first use)."
+    global _CONFIG_DIR
+    if _CONFIG_DIR is None: _CONFIG_DIR = Path(tempfile.mkdtemp(prefix='vip-open-clip-configs-'))
+    return _CONFIG_DIR
+
 def register_config(name: str, config: dict) -> str:
     "Register an open_clip architecture `name` from a config dict; returns the name."
-    global _CONFIG_DIR
     if name in open_clip.list_models(): return name
-    if _CONFIG_DIR is None: _CONFIG_DIR = Path(tempfile.mkdtemp(prefix='vip-open-clip-configs-'))
-    path = _CONFIG_DIR/f'{name}.json'
+    path = _config_dir()/f'{name}.json'
     path.write_text(json.dumps(config))
     open_clip.add_model_config(path)
     return name
 
+# %% ../nbs/02_clip.ipynb #7202092f
+TINY_BERT = 'vip-tiny-bert'
+HF_INSTALL = 'pip install "vip[hf]"'
+TINY_BERT_TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                      max_position_embeddings=128)        # a BertConfig: W = 32, 128 positions
+TINY_BERT_CONFIG = dict(embed_dim=48, vision_cfg=TINY_CONFIG['vision_cfg'],   # D = 48, as vip-tiny
+                        text_cfg=dict(context_length=128, hf_proj_type='mlp', hf_pooler_type='cls_last_hidden_state_pooler'))
+_TINY_WORDS = 'the a an of with and in on is are spot dark light edges edge patch photo'.split()
+
+def require_transformers(what: str):
+    "A one-line error naming the install command when `transformers` (vip's `hf` extra) is missing."
+    if importlib.util.find_spec('transformers') is None:
+        raise VipError(f'{what} needs the transformers package: {HF_INSTALL}')
+
+def write_tiny_bert(folder: str | Path) -> Path:
+    "Write the tiny BERT text tower's files (config.json, vocab.txt, tokenizer files) into `folder`."
+    require_transformers(TINY_BERT)
+    from transformers import BertConfig, BertTokenizer
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    pieces = [f'##{c}' for c in string.ascii_lowercase + string.digits]
+    vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', *'.,;:!?\'"()-/+%', *string.ascii_lowercase, *string.digits,
+             *pieces, *_TINY_WORDS]
+    (folder/'vocab.txt').write_text('\n'.join(vocab) + '\n')
+    BertTokenizer(str(folder/'vocab.txt'), do_lower_case=True).save_pretrained(folder)
+    BertConfig(vocab_size=len(vocab), **TINY_BERT_TEXT).save_pretrained(folder)
+    return folder
+
+def _register_tiny_bert() -> str:
+    "Register `vip-tiny-bert`, its text tower's files written beside vip's other configs."
+    require_transformers(TINY_BERT)
+    if TINY_BERT in open_clip.list_models(): return TINY_BERT
+    text = str(write_tiny_bert(_config_dir()/f'{TINY_BERT}-text'))
+    cfg = copy.deepcopy(TINY_BERT_CONFIG)
+    cfg['text_cfg'].update(hf_model_name=text, hf_tokenizer_name=text)
+    return register_config(TINY_BERT, cfg)
+
+# %% ../nbs/02_clip.ipynb #cb81d78d
+_WEIGHTS = ('open_clip_model.safetensors', 'open_clip_pytorch_model.safetensors', 'open_clip_pytorch_model.bin',
+            'open_clip_pytorch_model.pth')      # open_clip's names for a model folder's weights, preferred first
+_TOKENIZER_FILES = ('tokenizer.json', 'vocab.txt', 'vocab.json', 'spiece.model', 'sentencepiece.bpe.model')
+FOLDER_FILES = ('open_clip_config.json, the weights (open_clip_model.safetensors or open_clip_pytorch_model.bin) and, '
+                'for a Hugging Face text tower, its tokenizer files and config.json')
+
+def folder_weights(folder: str | Path) -> Path | None:
+    "The weights file of a model folder (open_clip's names first, then any one checkpoint), None if it has none."
+    folder = Path(folder)
+    found = [folder/n for n in _WEIGHTS if (folder/n).is_file()]
+    found += sorted(p for s in ('*.safetensors', '*.bin', '*.pth', '*.pt') for p in folder.glob(s))
+    return found[0] if found else None
+
+def _text_config_at_hand(folder: Path, name: str) -> bool:
+    "Whether the config.json of the Hugging Face text tower `name` is in the folder, is the folder named, or is cached."
+    if (folder/'config.json').is_file() or (Path(name)/'config.json').is_file(): return True
+    try: return isinstance(try_to_load_from_cache(name, 'config.json'), str)
+    except Exception: return False
+
+def check_folder(folder: str | Path) -> dict:
+    "The `model_cfg` of a model folder, or a one-line error saying which file is missing and where it goes."
+    folder = Path(folder)
+    if not folder.is_dir(): raise VipError(f'model folder {folder} not found: make it, with {FOLDER_FILES}')
+    f = folder/'open_clip_config.json'
+    if not f.is_file(): raise VipError(f'model folder {folder} has no open_clip_config.json: put there {FOLDER_FILES}')
+    try: cfg = json.loads(f.read_text())['model_cfg']; text = cfg.get('text_cfg', {})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise VipError(f'{f} is not an open_clip config (no "model_cfg"): copy it from the model\'s hub page') from None
+    name = text.get('hf_model_name')
+    if name:
+        require_transformers(f'model folder {folder} (a Hugging Face text tower)')
+        if not any((folder/n).is_file() for n in _TOKENIZER_FILES):
+            raise VipError(f'model folder {folder} has no tokenizer files: put its text tower\'s tokenizer.json, or '
+                           f'vocab.txt with tokenizer_config.json, there (from https://huggingface.co/{name})')
+        if not _text_config_at_hand(folder, name):
+            raise VipError(f'model folder {folder} lacks config.json of its text tower {name}: download '
+                           f'https://huggingface.co/{name}/resolve/main/config.json into the folder')
+    return cfg
+
 # %% ../nbs/02_clip.ipynb #9c4d52e4
+def _is_folder(backbone: str) -> bool:
+    "Whether `backbone` names a model folder: `local-dir:PATH`, or an existing folder that is no open_clip name."
+    return backbone.startswith('local-dir:') or (backbone not in open_clip.list_models() and Path(backbone).expanduser().is_dir())
+
 def _arch_and_tag(backbone: str) -> tuple[str, str | None]:
     "The open_clip architecture of `backbone` and its default weights (tag or file, None if unknown), registering vip's own."
     if backbone in BACKBONES: return BACKBONES[backbone]
+    if backbone in HUB_NAMES: require_transformers(backbone); backbone = HUB_NAMES[backbone]
+    if backbone.startswith('hf-hub:'): return backbone, backbone      # the weights published with it
     if backbone in _BUNDLED:
         arch, config, file = _BUNDLED[backbone]
         register_config(arch, config)
         return arch, str(DATA_SAMPLES/file)
     if backbone == TINY: register_config(TINY, TINY_CONFIG)
+    if backbone == TINY_BERT: _register_tiny_bert()
+    if _is_folder(backbone):
+        folder = Path(backbone.removeprefix('local-dir:')).expanduser()
+        check_folder(folder)
+        w = folder_weights(folder)
+        return f'local-dir:{folder}', None if w is None else str(w)
     return backbone, None
 
 def resolve_backbone(backbone: str, pretrained):
     "Map a backbone name and a `pretrained` argument to (open_clip name, tag or file or None)."
     arch, tag = _arch_and_tag(backbone)
+    if arch.startswith(('hf-hub:', 'local-dir:')):
+        if pretrained not in ('default', None) and _checkpoint_file(pretrained) is None:
+            raise VipError(f"pretrained={pretrained!r} does not go with {backbone!r}: use 'default', a local file, or none")
+        if pretrained == 'default' and tag is None:
+            raise VipError(f'no weights in model folder {arch.removeprefix("local-dir:")}: put open_clip_model.safetensors (or '
+                           f'open_clip_pytorch_model.bin) there, or pass --pretrained none for random weights (a dry run)')
+        return arch, tag if pretrained == 'default' else pretrained
     if arch not in open_clip.list_models():
-        raise VipError(f"unknown backbone {backbone!r}: use one of {', '.join(BACKBONES)}, {POCKET!r}, {TINY!r}, "
-                       f"or a name from open_clip.list_models()")
+        raise VipError(f"unknown backbone {backbone!r}: use one of {', '.join(BACKBONES)}, {', '.join(HUB_NAMES)}, "
+                       f"{POCKET!r}, {TINY!r}, a name from open_clip.list_models() or an hf-hub: name, or a model folder "
+                       f"(no folder {backbone!r} found)")
+    if (open_clip.get_model_config(arch) or {}).get('text_cfg', {}).get('hf_model_name'): require_transformers(arch)
     if pretrained == 'default':
         tags = open_clip.list_pretrained_tags_by_model(arch)
         pretrained = tag or ('openai' if 'openai' in tags else (tags[0] if tags else None))
@@ -129,14 +238,52 @@ def text_parts(model: nn.Module) -> TextParts:
     "The pieces of a standard CLIP text tower inside an open_clip model, or a clear error."
     tower = model if hasattr(model, 'token_embedding') else getattr(model, 'text', None)
     if not _standard_tower(tower):
-        raise VipError(f'{type(model).__name__} has a text tower vip cannot drive yet (it needs the standard causal CLIP '
-                       f'text transformer): pick a CLIP architecture such as ViT-B-16')
+        raise VipError(f'{type(model).__name__} has a text tower vip cannot drive with text_parts (it needs the standard causal CLIP '
+                       f'text transformer, or hf_text_parts for a Hugging Face one): pick a CLIP architecture such as ViT-B-16')
     proj = tower.text_projection
     if proj is None: dim = tower.token_embedding.weight.shape[1]
     elif isinstance(proj, nn.Linear): dim = proj.out_features
     else: dim = proj.shape[1]
     return TextParts(tower.token_embedding, tower.positional_embedding, tower.transformer, tower.ln_final,
                       proj, tower.attn_mask, dim)
+
+# %% ../nbs/02_clip.ipynb #051374f8
+TOWER_KINDS = ('causal', 'bidirectional')
+_POOLERS = ('ClsPooler', 'ClsLastHiddenStatePooler', 'MeanPooler')   # open_clip's poolers that read the prompt only
+
+@dataclass
+class HFTextParts:
+    "The pieces of a Hugging Face text tower (open_clip's `HFTextEncoder`) that vip drives, and D."
+    token_embedding: nn.Module   # the word embeddings (vocabulary, W); positions and token types are added inside
+    transformer: nn.Module       # the Hugging Face encoder, called with `inputs_embeds` and an attention mask
+    pooler: nn.Module            # open_clip's pooler: the [CLS] output, or the mean over the prompt's positions
+    proj: nn.Module              # open_clip's projection W -> D (linear or MLP)
+    context_length: int          # positions the encoder has
+    embed_dim: int
+
+def _tower(model: nn.Module):
+    "The text tower of an open_clip model (or the tower itself)."
+    return model if hasattr(model, 'token_embedding') or isinstance(model, HFTextEncoder) else getattr(model, 'text', None)
+
+def text_tower_kind(model: nn.Module) -> str:
+    "'causal' (CLIP's transformer, read at [EOT]) or 'bidirectional' (a Hugging Face encoder), or a clear error."
+    tower = _tower(model)
+    if isinstance(tower, HFTextEncoder): return 'bidirectional'
+    if _standard_tower(tower): return 'causal'
+    raise VipError(f'{type(model).__name__} has a text tower vip cannot drive (neither the causal CLIP text transformer '
+                   f'nor a Hugging Face encoder): pick a backbone such as ViT-B-16 or BiomedCLIP')
+
+def hf_text_parts(model: nn.Module) -> HFTextParts:
+    "The pieces of a Hugging Face text tower inside an open_clip model, or a clear error."
+    tower = _tower(model)
+    if not isinstance(tower, HFTextEncoder):
+        raise VipError(f'{type(model).__name__} has no Hugging Face text tower: use text_parts for a CLIP text transformer')
+    pool, cfg = type(tower.pooler).__name__, tower.config
+    if pool not in _POOLERS or getattr(cfg, 'is_encoder_decoder', False) or getattr(cfg, 'is_decoder', False):
+        raise VipError(f'vip drives Hugging Face encoders pooled at [CLS] or by the mean (BERT, RoBERTa), not '
+                       f'{cfg.model_type} with {pool}: pick another backbone')
+    emb = tower.transformer.get_input_embeddings()
+    return HFTextParts(emb, tower.transformer, tower.pooler, tower.proj, tower.context_length or 512, tower.output_dim)
 
 # %% ../nbs/02_clip.ipynb #99f8405a
 @dataclass
@@ -145,7 +292,7 @@ class Clip:
     model: nn.Module           # the open_clip model, eval mode, requires_grad False
     train_transform: Callable  # PIL image -> tensor, with the paper's augmentation
     eval_transform: Callable   # PIL image -> tensor, deterministic
-    tokenizer: Callable        # list of str -> (N, 77) token ids
+    tokenizer: Callable        # list of str -> (N, context_length) token ids
     name: str                  # the open_clip architecture
     pretrained: str | None     # tag, file or None (random weights)
 
@@ -156,15 +303,28 @@ class Clip:
         s = self.model.visual.image_size
         return s[0] if isinstance(s, (tuple, list)) else s
     @property
+    def text_tower(self) -> str:
+        "'causal' or 'bidirectional', the kind of text tower (see `text_tower_kind`)."
+        return text_tower_kind(self.model)
+    def _parts(self): return hf_text_parts(self.model) if self.text_tower == 'bidirectional' else text_parts(self.model)
+    @property
     def embed_dim(self) -> int:
         "D, the joint embedding size."
-        return text_parts(self.model).embed_dim
+        return self._parts().embed_dim
+    @property
+    def token_embedding(self) -> nn.Module:
+        "The token-embedding table (vocabulary, W) of the text tower."
+        return self._parts().token_embedding
     @property
     def text_width(self) -> int:
         "W, the token-embedding size of the text transformer."
-        return text_parts(self.model).token_embedding.weight.shape[1]
+        return self.token_embedding.weight.shape[1]
     @property
-    def context_length(self) -> int: return text_parts(self.model).positional_embedding.shape[0]
+    def context_length(self) -> int:
+        "Token positions of a prompt: CLIP's 77, or what the tokenizer fills (BiomedCLIP: 256) up to the encoder's limit."
+        t = self._parts()
+        if isinstance(t, TextParts): return t.positional_embedding.shape[0]
+        return min(getattr(self.tokenizer, 'context_length', None) or t.context_length, t.context_length)
 
 # %% ../nbs/02_clip.ipynb #c36c8b87
 def _checkpoint_file(pretrained) -> Path | None:
@@ -196,20 +356,37 @@ def _hub_quiet(offline: bool):
         for g, lv in zip(loggers, levels): g.setLevel(lv)
         hf_constants.HF_HUB_OFFLINE = was
 
+def _folder_kwargs(folder: Path) -> dict:
+    "open_clip arguments that keep a folder offline: its Hugging Face text tower built from the folder's config.json."
+    text = dict(check_folder(folder).get('text_cfg', {}))
+    if not text.get('hf_model_name'): return {}
+    if (folder/'config.json').is_file(): text['hf_model_name'] = str(folder)
+    return dict(text_cfg=dict(text, hf_model_pretrained=False))
+
 def _create_model(arch: str, tag: str | None, quiet: bool = False):
-    "open_clip's model and eval transform of `arch` with the weights `tag` (None: random; `quiet`: no warning about it)."
+    "open_clip's model, eval transform and tokenizer of `arch` with the weights `tag` (None: random; `quiet`: no warning)."
     log = logging.getLogger()                         # open_clip warns "initialized randomly" before we load the file
-    level = log.level
+    level, hub, folder = log.level, arch.startswith('hf-hub:'), arch.startswith('local-dir:')
+    kwargs = dict(pretrained_text=False)              # a text tower never fetches weights of its own
+    if folder: kwargs.update(load_weights=False, **_folder_kwargs(Path(arch.removeprefix('local-dir:'))))   # the file is loaded by vip
+    if hub: kwargs.update(load_weights=tag is not None)
     if quiet: log.setLevel(logging.ERROR)
     try:
-        with _hub_quiet(offline=tag is not None and not _hub_reachable()):
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag)
+        with _hub_quiet(offline=folder or ((hub or tag is not None) and not _hub_reachable())):
+            if hub and (open_clip.get_model_config(arch) or {}).get('text_cfg', {}).get('hf_model_name'):
+                require_transformers(arch)
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None if hub or folder else tag, **kwargs)
+            tokenizer = open_clip.get_tokenizer(arch)
+    except VipError: raise
     except Exception as e:
-        if tag is None or not any(w in f'{type(e).__name__} {e}'.lower() for w in ('download', 'offline', 'connect', 'cache')): raise
+        if (tag is None and not hub) or not any(w in f'{type(e).__name__} {e}'.lower() for w in ('download', 'offline', 'connect', 'cache')): raise
+        if hub: raise VipError(f"could not download {arch} (offline?): on a machine with a network run vip.clip.save_clip("
+                               f"load_clip({arch!r}), 'FOLDER'), copy FOLDER here and pass it as the backbone; or put "
+                               f"{FOLDER_FILES} in a folder yourself") from None
         raise VipError(f"could not download the {tag!r} weights of {arch} (offline?): pass a local weights file "
                        f"(--pretrained FILE; pretrained='FILE' in Python), or none for random weights (a dry run)") from None
     finally: log.setLevel(level)
-    return model, preprocess
+    return model, preprocess, tokenizer
 
 # %% ../nbs/02_clip.ipynb #c49fb057
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -236,6 +413,7 @@ def _load_file(model: nn.Module, path: Path):
     except RuntimeError as e:  # tensors of the wrong shape
         raise VipError(f'checkpoint {path} does not fit this architecture (tensor shapes differ): check the backbone name') from None
     missing = [k for k in missing if k != 'attn_mask']
+    unexpected = [k for k in unexpected if not k.endswith('embeddings.position_ids')]   # older transformers kept it
     if missing or unexpected:
         raise VipError(f'checkpoint {path} does not fit this architecture ({len(missing)} missing, '
                        f'{len(unexpected)} unexpected keys, e.g. {(missing + unexpected)[:3]}): check the backbone name')
@@ -243,22 +421,48 @@ def _load_file(model: nn.Module, path: Path):
 # %% ../nbs/02_clip.ipynb #571c6619
 def load_clip(backbone: str = 'ViT-B/16', pretrained: str | Path | None = 'default',
               device: str | torch.device = 'auto') -> Clip:
-    "Load a frozen CLIP `backbone` (paper name or open_clip name) with `pretrained` weights (tag, file or None)."
+    "Load a frozen CLIP `backbone` (paper name, open_clip or hf-hub: name, or model folder) with `pretrained` weights."
     arch, pretrained = resolve_backbone(backbone, pretrained)
     file = _checkpoint_file(pretrained)
-    model, preprocess = _create_model(arch, None if file is not None else pretrained, quiet=file is not None)
+    model, preprocess, tokenizer = _create_model(arch, None if file is not None else pretrained, quiet=file is not None)
     if file is not None: _load_file(model, file)
     model = model.to(get_device(device)).eval().requires_grad_(False)
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg['size'][0] if isinstance(cfg['size'], (tuple, list)) else cfg['size']
-    tokenizer = open_clip.get_tokenizer(arch)
-    text_parts(model)  # fail early on a text tower vip cannot drive
+    if text_tower_kind(model) == 'bidirectional': hf_text_parts(model)   # fail early on a tower vip cannot drive
     return Clip(model, train_transform(size, cfg['mean'], cfg['std']), preprocess, tokenizer, arch,
                 None if pretrained is None else str(pretrained))
 
+# %% ../nbs/02_clip.ipynb #6ea12319
+def save_clip(clip: Clip, folder: str | Path) -> Path:
+    "Write `clip` as a model folder that `load_clip(folder)` reads with no network: config, weights, tokenizer files."
+    folder = Path(folder)
+    if (folder/'open_clip_config.json').exists(): raise VipError(f'{folder} already holds a model: pick a new folder')
+    cfg = copy.deepcopy(open_clip.get_model_config(clip.name))
+    folder.mkdir(parents=True, exist_ok=True)
+    if clip.text_tower == 'bidirectional':
+        _tower(clip.model).config.save_pretrained(folder)     # config.json of the text tower
+        clip.tokenizer.save_pretrained(folder)                # vocab.txt, tokenizer.json, tokenizer_config.json, ...
+    sd = {k: v.detach().cpu().contiguous() for k, v in clip.model.state_dict().items()}
+    atomic_write(folder/'open_clip_model.safetensors', safetensors_bytes(sd))
+    preprocess = open_clip.get_model_preprocess_cfg(clip.model)
+    atomic_write(folder/'open_clip_config.json', json.dumps(dict(model_cfg=cfg, preprocess_cfg=preprocess), indent=2))
+    return folder                                             # the config last: a half-written folder does not load
+
 # %% ../nbs/02_clip.ipynb #2df5b0c2
+def _encode_bidirectional(t: HFTextParts, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    "Text features (P, D) of token embeddings `x` (P, L, W) through a Hugging Face encoder, each prompt ending at `eot` (P,)."
+    mask = (torch.arange(x.shape[1], device=x.device) <= eot.to(x.device)[:, None]).long()   # (P, L): 1 up to [SEP]
+    out = t.transformer(inputs_embeds=x, attention_mask=mask)   # (P, L, W); positions and token types added inside
+    return t.proj(t.pooler(out, mask))                           # (P, W) at [CLS] or the masked mean -> (P, D)
+
 def encode_token_embeddings(model: nn.Module, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
     "Text features (P, D) from token embeddings `x` (P, L, W) whose end-of-text tokens sit at positions `eot` (P,)."
+    if text_tower_kind(model) == 'bidirectional':
+        t, L = hf_text_parts(model), x.shape[1]
+        if L > t.context_length: raise VipError(f'a prompt of {L} tokens is longer than the context of {t.context_length}: shorten it')
+        if int(eot.max()) >= L: raise ValueError('eot positions must lie inside the sequence')
+        return _encode_bidirectional(t, x, eot)
     t = text_parts(model)
     L = x.shape[1]
     if L > t.positional_embedding.shape[0]:

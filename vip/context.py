@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .core import VipError
-from .clip import Clip, text_parts, encode_token_embeddings
+from .clip import Clip, text_parts, text_tower_kind, encode_token_embeddings
 
 # %% auto #0
 __all__ = ['POSITIONS', 'symptom_prompt', 'special_ids', 'eot_positions', 'ContextPrompt', 'describe']
@@ -94,6 +94,7 @@ def _pack_index(rows: list[list[int]], row_len: int, lengths: list[int], n_prefi
 # %% ../nbs/04_context.ipynb #2bd26228
 def _packable(model: nn.Module) -> bool:
     "Whether the text transformer's blocks take a per-sequence attention mask (open_clip's standard CLIP blocks)."
+    if text_tower_kind(model) != 'causal': return False     # packing is exact only when attention is causal
     blocks = getattr(text_parts(model).transformer, 'resblocks', None)
     return bool(blocks) and all(isinstance(getattr(b, 'attn', None), nn.MultiheadAttention)
                                 and not hasattr(b, 'ln_1_kv') for b in blocks)
@@ -111,9 +112,15 @@ def _encode_packed(model: nn.Module, x: torch.Tensor, pos: torch.Tensor, mask: t
 
 # %% ../nbs/04_context.ipynb #bcb9ba71
 def special_ids(tokenizer) -> tuple[int, int, int]:
-    "The ids of [SOS], '.' and [EOT] in `tokenizer`."
+    "The ids of [SOS], '.' and [EOT] in `tokenizer` ([CLS], '.', [SEP] in a BERT tokenizer)."
     ids = tokenizer(['.'])[0]                             # [SOS] . [EOT] 0 ...
     return int(ids[0]), int(ids[1]), int(ids[2])
+
+def _vocabulary(tokenizer) -> dict[int, str] | None:
+    "Token text by id: CLIP's BPE decoder, or a Hugging Face tokenizer's vocabulary (None if neither)."
+    if hasattr(tokenizer, 'decoder'): return tokenizer.decoder
+    hf = getattr(tokenizer, 'tokenizer', None)
+    return {i: t for t, i in hf.get_vocab().items()} if hasattr(hf, 'get_vocab') else None
 
 def eot_positions(ids: torch.Tensor, eot_id: int) -> torch.Tensor:
     "Position (N,) of the first [EOT] in each row of token ids (N, 77)."
@@ -133,7 +140,7 @@ def _context_from_words(clip: Clip, ctx_init: str, eot_id: int) -> torch.Tensor:
     wids = clip.tokenizer([words])[0]
     n_ctx = int(eot_positions(wids[None], eot_id)[0]) - 1
     if n_ctx < 1: raise VipError(f'ctx_init {ctx_init!r} has no tokens: give words such as "a photo of a"')
-    emb = text_parts(clip.model).token_embedding
+    emb = clip.token_embedding
     with torch.no_grad(): return emb(wids[1:1 + n_ctx].to(clip.device)).float()      # (M, W)
 
 # %% ../nbs/04_context.ipynb #8116ec25
@@ -202,11 +209,12 @@ class ContextPrompt(nn.Module):
                  position: str = 'end', ctx_init: str | None = None, pack: bool = True):
         super().__init__()
         _check_symptoms(symptoms, position)
-        emb, n_pos, dev = text_parts(clip.model).token_embedding, clip.context_length, clip.device
+        emb, n_pos, dev = clip.token_embedding, clip.context_length, clip.device
         sos_id, period_id, eot_id = special_ids(clip.tokenizer)
         ctx = _init_context(clip, len(symptoms), n_ctx, csc, ctx_init, eot_id)
         n_ctx = ctx.shape[-2]                             # M (with ctx_init, the number of its tokens)
         self.n_cls, self.n_ctx, self.csc, self.position = len(symptoms), n_ctx, bool(csc), position
+        self.context_length = n_pos                       # 77 for CLIP, BiomedCLIP's tokenizer: 256
         self.ctx = nn.Parameter(ctx)                      # (M, W) shared, or (C, M, W) class-specific
         self.prompts = [symptom_prompt(s) for g in symptoms for s in g]
         class_index = torch.tensor([c for c, g in enumerate(symptoms) for _ in g])   # (P,)
@@ -215,8 +223,8 @@ class ContextPrompt(nn.Module):
         self.pack = bool(pack) and _packable(clip.model)
         if self.pack: buffers.update(_pack_buffers(clip.model, layouts, class_index, csc, n_ctx, position, n_pos))
         for k, v in buffers.items(): self.register_buffer(k, v.to(dev), persistent=False)
-        self._decoder = getattr(clip.tokenizer, 'decoder', None)
-        self._special = {sos_id: '[SOS]', eot_id: '[EOT]'}
+        self._decoder = _vocabulary(clip.tokenizer)
+        self._special = {sos_id: '[SOS]', eot_id: '[EOT]'} if clip.text_tower == 'causal' else {}   # BERT: [CLS], [SEP]
 
     def forward(self, shift: torch.Tensor | None = None) -> torch.Tensor:
         "Token embeddings (P, L, W) of every prompt with the context in place; with `shift` (B, W) added to it, (B, P, L, W)."
@@ -230,7 +238,7 @@ class ContextPrompt(nn.Module):
         return encode_token_embeddings(model, x, self.eot.repeat(x.shape[0] // len(self.eot)))
 
     def symptom_features(self, model: nn.Module) -> torch.Tensor:
-        "Text features (P, D) of every symptom prompt, in one pass of the frozen text encoder `model` (packed, or cut to L)."
+        "Text features (P, D) of every symptom prompt, in one pass of the frozen text encoder `model` (packed, or a batch cut to L)."
         x = self()                                                                   # (P, L, W)
         if not self.pack: return self.encode(model, x)
         x = x.reshape(-1, x.shape[-1])[self.pack_src]                                # (R, N, W) packed rows
@@ -274,5 +282,5 @@ def describe(cop: ContextPrompt, p: int = 0, classes: list[str] | None = None, w
     kind, c, eot = 'class-specific' if cop.csc else 'shared', int(cop.class_index[p]), int(cop.eot[p])
     lines = [f'prompt {p} (class {c if classes is None else repr(classes[c])}): {cop.prompts[p]!r}',
              f'position {cop.position!r}, {cop.n_ctx} {kind} context tokens, [EOT] at {eot} '
-             f'(prompts assembled to L={cop.tokens.shape[1]} of 77 positions)']
+             f'(prompts assembled to L={cop.tokens.shape[1]} of {cop.context_length} positions)']
     return '\n'.join(lines + _wrap_columns(_columns(cop, p), width))
