@@ -9,13 +9,13 @@ import argparse, json, os, statistics, sys, time
 import torch
 import torch.nn.functional as F
 
-from .core import VipError, get_device, seed_everything
+from .core import VipError, get_device, seed_everything, count_forwards, grad_scaler
 from .clip import Clip, load_clip
 from .model import ViP, PlainViP
 
 # %% auto #0
-__all__ = ['bench_symptoms', 'time_interleaved', 'median_ratio', 'bench_prompt_side', 'bench_steps', 'run_bench',
-           'format_results', 'auto_threads']
+__all__ = ['bench_symptoms', 'time_interleaved', 'counted', 'median_ratio', 'bench_prompt_side', 'bench_steps', 'run_bench',
+           'format_results', 'auto_threads', 'bench_throughput', 'bench_memory']
 
 # %% ../nbs/06a_bench.ipynb #b099cf57
 _BENCH_2x4 = {
@@ -52,6 +52,16 @@ def time_interleaved(fns: dict, reps: int = 3, warmup: int = 1, device: torch.de
             fns[k]()
             sync(); times[k].append(time.perf_counter() - t0)
     return times
+
+def counted(fns: dict, module: torch.nn.Module) -> tuple[dict, dict]:
+    "`fns` wrapped so that each call counts the images through `module`; the dict filled with {name: images per call}."
+    seen = {}
+    def wrap(k, fn):
+        def run():
+            with count_forwards(module) as c: fn()
+            seen[k] = c.n
+        return run
+    return {k: wrap(k, fn) for k, fn in fns.items()}, seen
 
 def median_ratio(slow: list[float], fast: list[float]) -> float:
     "Median over rounds of slow/fast."
@@ -97,6 +107,7 @@ def bench_steps(clip: Clip, batch: int = 8, reps: int = 3, parts: str = 'bc', pa
     if 'c' in parts:
         fns['cached step'] = lambda: _loss_step(lambda: model.forward_features(feats), labels, opt)
         fns['plain step'] = lambda: _loss_step(lambda: plain(images), labels, opt)
+    fns, forwards = counted(fns, clip.model.visual)                 # image-encoder forwards per call, counted
     t = time_interleaved(fns, reps, device=clip.device)
     out = []
     if 'b' in parts:
@@ -108,6 +119,7 @@ def bench_steps(clip: Clip, batch: int = 8, reps: int = 3, parts: str = 'bc', pa
     if 'b' in parts and 'c' in parts:
         out.append(dict(name='    (for scale) plain whole step vs vip whole step', fast='vip step', slow='plain step',
                         times=t, ratio=median_ratio(t['plain step'], t['vip step']), target=''))
+    for r in out: r['forwards'] = {k: forwards[k] for k in (r['fast'], r['slow'])}
     return out
 
 # %% ../nbs/06a_bench.ipynb #53001de3
@@ -136,11 +148,12 @@ def run_bench(backbone: str = 'ViT-B/16', pretrained=None, device: str = 'cpu', 
 def format_results(results: list[dict], header: str = '') -> str:
     "A table of median times, median ratios and targets."
     lines = [header] if header else []
-    lines.append(f'{"":72} {"median times (s)":>36}  {"ratio":>7}  target')
+    lines.append(f'{"":72} {"median times (s)":>36}  {"ratio":>7}  {"image forwards":>14}  target')
     for r in results:
         times = f'{r["slow"]} {r["median_s"][r["slow"]]:.3f} / {r["fast"]} {r["median_s"][r["fast"]]:.3f}'
         ok = {True: 'met', False: 'MISSED', None: ''}[r['ok']]
-        lines.append(f'{r["name"]:72} {times:>36}  {r["ratio"]:6.2f}x  {r["target"]} {ok}'.rstrip())
+        fw = f'{r["forwards"][r["slow"]]} / {r["forwards"][r["fast"]]}' if 'forwards' in r else ''
+        lines.append(f'{r["name"]:72} {times:>36}  {r["ratio"]:6.2f}x  {fw:>14}  {r["target"]} {ok}'.rstrip())
     return '\n'.join(lines)
 
 # %% ../nbs/06a_bench.ipynb #a2eb470e
@@ -151,3 +164,45 @@ def auto_threads() -> tuple[int, float | None]:
     except (AttributeError, OSError): return n, None
     free = (os.cpu_count() or n) - load
     return max(1, min(n, int(free + 0.5))), load
+
+# %% ../nbs/06a_bench.ipynb #e1c3a4c1
+def _peak_mib(fn, device: torch.device) -> float | None:
+    "Peak CUDA memory (MiB) allocated while `fn` runs once; None off CUDA."
+    if device.type != 'cuda': fn(); return None
+    torch.cuda.synchronize(device); torch.cuda.reset_peak_memory_stats(device)
+    fn(); torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+def _step(module, batch_fn, labels, opt, scaler):
+    "One training step of `module` under its precision, with the gradient scaler fp16 needs."
+    loss = F.cross_entropy(batch_fn().float(), labels)
+    opt.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler else loss).backward()
+    if scaler: scaler.step(opt); scaler.update()
+    else: opt.step()
+
+def bench_throughput(clip: Clip, batch: int = 32, precision: str = 'fp16', reps: int = 3) -> dict:
+    "Images per second and peak memory of the image encoder alone, a whole ViP step and a cached-feature step."
+    model = ViP(clip, bench_symptoms(2, 4), precision=precision)
+    opt, scaler = torch.optim.SGD(model.prompt_parameters(), lr=0.002, momentum=0.9), grad_scaler(clip.device, precision)
+    images = torch.randn(batch, 3, clip.image_size, clip.image_size, device=clip.device)
+    labels, feats = torch.arange(batch, device=clip.device) % 2, model.encode_image(images)
+    def encoder():
+        with torch.no_grad(), model.autocast(): clip.model.encode_image(images)
+    fns = {'image encoder': encoder, 'training step': lambda: _step(model, lambda: model(images), labels, opt, scaler),
+           'cached-feature step': lambda: _step(model, lambda: model.forward_features(feats), labels, opt, scaler)}
+    peak = {k: _peak_mib(fn, clip.device) for k, fn in fns.items()}
+    t = time_interleaved(fns, reps, device=clip.device)
+    return {k: dict(seconds=statistics.median(t[k]), images_per_s=batch / statistics.median(t[k]), peak_mib=peak[k])
+            for k in fns}
+
+def bench_memory(make, clip: Clip, batch_sizes=(1, 4, 16, 32), precision: str = 'fp16') -> dict:
+    "Peak memory (MiB; None off CUDA) of one training step on cached features of `make()`, a method on `clip`, per batch size."
+    module = make()
+    opt, scaler = torch.optim.SGD(module.prompt_parameters(), lr=0.002), grad_scaler(clip.device, precision)
+    out = {}
+    for b in batch_sizes:
+        feats = F.normalize(torch.randn(b, clip.embed_dim, device=clip.device), dim=-1)
+        labels = torch.arange(b, device=clip.device) % len(module.classes)
+        out[b] = _peak_mib(lambda: _step(module, lambda: module.forward_features(feats), labels, opt, scaler), clip.device)
+    return out

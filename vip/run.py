@@ -19,15 +19,16 @@ from .clip import Clip, load_clip
 from .symptoms import load_symptoms
 from .evaluate import classification_metrics, plot_confusion, plot_roc, SCALARS
 from .baselines import linear_probe
+from .adapters import tip_adapter, fit_tip_adapter_f
 from .model import ViP
 from .explain import save_run_explanations
 from .features import FeatureCache
-from .train import (TrainConfig, METHODS, TRAINED, build_method, method_options, train_method, dataset_features,
+from .train import (TrainConfig, METHODS, TRAINED, FITTED, build_method, method_options, train_method, dataset_features,
                        predict, load_checkpoint, parse_class_names, dist_setup, broadcast, feature_cache, augmented_features)
 
 # %% auto #0
-__all__ = ['FitResult', 'RunData', 'prepare_run', 'RunInterrupted', 'fit', 'run_caches', 'plot_history', 'open_run', 'load_run',
-           'evaluate_run']
+__all__ = ['FitResult', 'RunData', 'prepare_run', 'RunInterrupted', 'fit_on_features', 'fit', 'run_caches', 'plot_history',
+           'open_run', 'load_run', 'evaluate_run']
 
 # %% ../nbs/09a_run.ipynb #cfcdf421
 @dataclass
@@ -125,12 +126,20 @@ def _abandon(run_dir: Path | None, rank: int):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 # %% ../nbs/09a_run.ipynb #07b37f2f
+def fit_on_features(m: str, rd: RunData, clip: Clip, train: tuple, val: tuple) -> nn.Module:
+    "Method `m` of `FITTED` fitted on (features, labels) of the training split by its own recipe, chosen on validation."
+    cfg = rd.cfg
+    if m == 'linear_probe': return linear_probe(*train, *val, len(rd.classes), seed=cfg.seed)
+    module = tip_adapter(clip, rd.classes, *train, *val, modality=cfg.modality, precision=cfg.precision,
+                         finetune=m == 'tip_adapter_f')
+    if m == 'tip_adapter_f': fit_tip_adapter_f(module, *train, *val, seed=cfg.seed)   # the paper's AdamW recipe
+    return module
+
 def _run_method(m: str, rd: RunData, clip: Clip, feats: dict, run_dir, rank, world, resume, stop_after, progress):
     "Build and train (if it learns) method `m`: (module, the loop's state or None, ViP's weights before training or None)."
     cfg = rd.cfg
     seed_everything(cfg.seed)
-    if m == 'linear_probe':
-        return linear_probe(*feats['train'], *feats['val'], len(rd.classes), seed=cfg.seed), None, None
+    if m in FITTED: return fit_on_features(m, rd, clip, feats['train'], feats['val']), None, None
     module = build_method(m, clip, rd.classes, rd.symptoms, **method_options(cfg)).to(clip.device)
     before = module.symptom_weights() if isinstance(module, ViP) else None   # the merge prompt at initialisation
     if m not in TRAINED: return module, None, None
@@ -168,7 +177,7 @@ def run_caches(cfg: TrainConfig, clip: Clip, keep: bool = False) -> dict:
 
 def _run_features(cfg: TrainConfig, rd: RunData, clip: Clip, show: bool, caches: dict) -> dict:
     "{split: (features, labels)}; with `aug_views`, 'train_views': (K, N, D) features of augmented views, and labels."
-    splits = ('val', 'test') + (('train',) if not cfg.augment or 'linear_probe' in cfg.methods() else ())
+    splits = ('val', 'test') + (('train',) if not cfg.augment or set(FITTED) & set(cfg.methods()) else ())
     feats = {s: dataset_features(clip, rd.data[s], workers=cfg.workers, progress=show, precision=cfg.precision,
                                  cache=caches['eval']) for s in splits}
     if cfg.augment and cfg.aug_views:
@@ -302,9 +311,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     test_f, test_y = feats(_target(rd, data, split, split_file), f'the {split} split of {data or cfg.data}', progress)
     results = {}
     for m in methods:
-        if m == 'linear_probe':
-            module = linear_probe(*feats(rd.data['train'], 'the training split', False),
-                                  *feats(rd.data['val'], 'the validation split', False), len(rd.classes), seed=cfg.seed)
+        if m in FITTED:                          # fitted again, as the run fitted them (deterministic for its seed)
+            module = fit_on_features(m, rd, clip, feats(rd.data['train'], 'the training split', False),
+                                     feats(rd.data['val'], 'the validation split', False))
         else:
             module = build_method(m, clip, rd.classes, rd.symptoms, **method_options(cfg)).to(clip.device)
             if m in TRAINED: load_checkpoint(run_dir/f'{m}-best.safetensors', module)

@@ -20,16 +20,17 @@ from tqdm.auto import tqdm
 
 from .core import VipError, PRECISIONS, get_device, atomic_write, grad_scaler
 from .data import ImageDataset, load_image
-from .clip import Clip, encode_images, resolve_backbone, DATA_SAMPLES, POCKET
+from .clip import Clip, encode_images, resolve_backbone, DATA_SAMPLES, POCKET, BIOMEDCLIP, HUB_NAMES
 from .context import POSITIONS
 from .model import ViP
 from .learner import PromptLearner, state_mismatch
 from .features import FeatureCache, image_key, view_key, default_feature_cache
 from .baselines import CoOp, CoCoOp, zeroshot_classname, zeroshot_symptoms
+from .adapters import CLIPAdapter
 
 # %% auto #0
-__all__ = ['RECIPES', 'FEW_SHOT_EPOCHS', 'BUNDLED_DATA', 'METHODS', 'TRAINED', 'option', 'TrainConfig', 'config_methods',
-           'check_config', 'LoopConfig', 'lr_at', 'build_method', 'method_options', 'save_checkpoint',
+__all__ = ['RECIPES', 'FEW_SHOT_EPOCHS', 'BUNDLED_DATA', 'METHODS', 'TRAINED', 'FITTED', 'option', 'TrainConfig',
+           'config_methods', 'check_config', 'LoopConfig', 'lr_at', 'build_method', 'method_options', 'save_checkpoint',
            'load_checkpoint', 'dist_setup', 'broadcast', 'HeldInterrupts', 'dataset_features', 'feature_cache',
            'predict', 'augmented_features', 'train_method', 'parse_class_names']
 
@@ -39,14 +40,20 @@ RECIPES = {  # backbone -> the training recipe (paper, section 3; 'pocket' is th
     'RN50x64': dict(lr=0.001, epochs=50, batch_size=8, augment=True),
     'ViT-L/14-336': dict(lr=0.002, epochs=50, batch_size=16, augment=True),
     POCKET: dict(lr=2.0, epochs=30, batch_size=32, augment=False),
+    # BiomedCLIP: not in the paper. lr 0.0025 as in BiomedCoOp's few-shot configs (SGD, cosine, 1 warm-up epoch at 1e-5);
+    # epochs, batch size and augmentation are the paper's ViT-B/16 values (few shots get CoOp's schedule below)
+    BIOMEDCLIP: dict(lr=0.0025, epochs=50, batch_size=32, augment=True),
 }
+RECIPES[HUB_NAMES[BIOMEDCLIP]] = RECIPES[BIOMEDCLIP]
 FEW_SHOT_EPOCHS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}  # CoOp's few-shot schedule: k images per class -> epochs
 BUNDLED_DATA = {  # bundled synthetic sets -> their plain-word symptom file and modality
     'derm-synth': ('symptoms/derm-synth.json', 'dermoscopic image'),
     'cxr-synth': ('symptoms/cxr-synth.json', 'chest X-ray'),
 }
-METHODS = ('vip', 'coop', 'cocoop', 'linear_probe', 'zeroshot_classname', 'zeroshot_symptoms')
-TRAINED = ('vip', 'coop', 'cocoop')
+METHODS = ('vip', 'coop', 'cocoop', 'clip_adapter', 'linear_probe', 'tip_adapter', 'tip_adapter_f',
+           'zeroshot_classname', 'zeroshot_symptoms')
+TRAINED = ('vip', 'coop', 'cocoop', 'clip_adapter')                # trained by `train_method`
+FITTED = ('linear_probe', 'tip_adapter', 'tip_adapter_f')           # fitted on the training features by their own recipe
 
 def option(default, help: str):
     "A config field with its help text, read by the command line (`vip.cli`) and by people."
@@ -61,7 +68,7 @@ class TrainConfig:
     class_names: str | None = option(None, "rename class folders, in this order: 'NORMAL=normal lung,PNEUMONIA=pneumonia'")
     symptoms: str | None = option(None, "symptom file; None: the bundled set's own plain-word file")
     modality: str | None = option(None, "e.g. 'chest X-ray', for the class-name prompts; None: from the bundled set or 'medical image'")
-    backbone: str = option(POCKET, "'ViT-B/16', 'RN50x64', 'ViT-L/14-336', 'pocket', or any open_clip name")
+    backbone: str = option(POCKET, "'ViT-B/16', 'RN50x64', 'ViT-L/14-336', 'BiomedCLIP', 'pocket', any open_clip or hf-hub: name, or a model folder")
     pretrained: str | None = option('default', "weights: 'default', an open_clip tag, a local file, or None (random, a dry run)")
     method: str = option('vip', "one of METHODS, several joined by commas ('vip,coop'), or 'all'")
     n_ctx: int = option(4, 'M, learned context tokens')
@@ -173,8 +180,10 @@ def build_method(name: str, clip: Clip, classes: list[str], symptoms: dict | Non
     if name == 'vip': return ViP(clip, symptoms, classes, n_ctx, csc, position, ctx_init, precision)
     if name == 'coop': return CoOp(clip, classes, n_ctx, csc, position, ctx_init, precision)
     if name == 'cocoop': return CoCoOp(clip, classes, n_ctx, ctx_init, precision=precision)
+    if name == 'clip_adapter': return CLIPAdapter(clip, classes, modality=modality, precision=precision)
     if name == 'zeroshot_classname': return zeroshot_classname(clip, classes, modality, 'ensemble', precision)
     if name == 'zeroshot_symptoms': return zeroshot_symptoms(clip, symptoms, classes, precision)
+    if name in FITTED: raise VipError(f'{name} is fitted on training features: use vip.run.fit (or vip_train --method {name})')
     raise VipError(f'unknown method {name!r}: use one of {", ".join(METHODS)}')
 
 def method_options(cfg: TrainConfig) -> dict:
