@@ -154,10 +154,12 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
 
 # %% ../nbs/00_core.ipynb #3b566bfa
 class count_forwards(contextlib.AbstractContextManager):
-    "Count the rows (images) of every batch that goes through `module` inside the `with` block; the total is `.n`."
-    def __init__(self, module: torch.nn.Module): self.module, self.n, self._hook = module, 0, None
-    def _add(self, module, args, output): self.n += int(args[0].shape[0]) if args and torch.is_tensor(args[0]) else 1
+    "Count the rows (images) of every batch through `targets` (modules, or module classes) inside the `with` block: `.n`."
+    def __init__(self, *targets): self.targets, self.n, self._hook = targets, 0, None
+    def _hit(self, m) -> bool: return any(m is t or (isinstance(t, type) and isinstance(m, t)) for t in self.targets)
+    def _add(self, module, args, output):
+        if self._hit(module): self.n += int(args[0].shape[0]) if args and torch.is_tensor(args[0]) else 1
     def __enter__(self):
-        self._hook = self.module.register_forward_hook(self._add)
+        self._hook = torch.nn.modules.module.register_module_forward_hook(self._add)   # sees every module's forward
         return self
     def __exit__(self, *exc): self._hook.remove()

@@ -20,6 +20,7 @@ from .symptoms import load_symptoms
 from .evaluate import classification_metrics, plot_confusion, plot_roc, SCALARS
 from .baselines import linear_probe
 from .adapters import tip_adapter, fit_tip_adapter_f
+from .visual_prompts import ImagePromptLearner
 from .model import ViP
 from .explain import save_run_explanations
 from .features import FeatureCache
@@ -144,7 +145,9 @@ def _run_method(m: str, rd: RunData, clip: Clip, feats: dict, run_dir, rank, wor
     before = module.symptom_weights() if isinstance(module, ViP) else None   # the merge prompt at initialisation
     if m not in TRAINED: return module, None, None
     train = feats['train'] if not cfg.augment else feats.get('train_views', rd.data['train'])   # views, or on the fly
-    st = train_method(module, train, *feats['val'], cfg.loop(), run_dir, m, rank, world,
+    val = feats['val']
+    if getattr(module, 'needs_images', False): train, val = rd.data['train'], (rd.data['val'], val[1])   # images
+    st = train_method(module, train, *val, cfg.loop(), run_dir, m, rank, world,
                       resume=resume, stop_after=stop_after, progress=progress)
     return module, st, before
 
@@ -190,7 +193,7 @@ def _fit(cfg, rd: RunData, clip: Clip, run_dir, rank, world, device, resume, sto
     "The body of `fit`, once the run folder exists."
     log = _log(run_dir, rank)
     log.info(f'run {run_dir} on {device} ({world} process(es)): {cfg}')
-    with count_forwards(clip.model.visual) as every:           # every image through the encoder, counted
+    with count_forwards(clip.model.visual, ImagePromptLearner) as every:    # every image through the encoder
         t1 = time.time()
         feats = _run_features(cfg, rd, clip, progress and rank == 0, caches or run_caches(cfg, clip))
         encoded, t_enc = every.n, time.time() - t1
@@ -199,7 +202,7 @@ def _fit(cfg, rd: RunData, clip: Clip, run_dir, rank, world, device, resume, sto
         if rd.symptoms is None: methods = [m for m in methods if m not in ('vip', 'zeroshot_symptoms')]
         out = FitResult(run_dir, False, dataset=Path(cfg.data).name, backbone=cfg.backbone, seed=cfg.seed,
                         shots=cfg.shots, classes=rd.classes, images_encoded=encoded)
-        results, histories, before, t_train = {}, {}, None, 0.0
+        results, probs, histories, before, t_train = {}, {}, {}, None, 0.0
         for m in methods:
             t1 = time.time()
             module, st, b = _run_method(m, rd, clip, feats, run_dir, rank, world, resume is not None, stop_after, progress)
@@ -210,13 +213,15 @@ def _fit(cfg, rd: RunData, clip: Clip, run_dir, rank, world, device, resume, sto
                     log.info(f'{m}: stopped after epoch {st["epoch"]}; continue with resume={run_dir}')
                     out.epoch = st['epoch']; return out
             module.eval(); out.modules[m] = module
-            results[m] = classification_metrics(feats['test'][1].numpy(), predict(module, feats['test'][0]).numpy(), rd.classes)
+            test = rd.data['test'] if getattr(module, 'needs_images', False) else feats['test'][0]   # images or features
+            probs[m] = predict(module, test).numpy()
+            results[m] = classification_metrics(feats['test'][1].numpy(), probs[m], rd.classes)
             t_train += time.time() - t1
             log.info(f'{m}: test accuracy {results[m]["accuracy"]:.4f} ({time.time() - t1:.1f} s)')
         out.methods = {m: {k: r[k] for k in SCALARS} for m, r in results.items()}
         out.image_forwards, out.seconds = every.n, time.time() - t0
         out.seconds_split = {'encode': t_enc, 'train': t_train, 'other': out.seconds - t_enc - t_train}
-        if run_dir is not None and rank == 0: _write_results(run_dir, out, cfg, histories, results, feats, before)
+        if run_dir is not None and rank == 0: _write_results(run_dir, out, cfg, histories, results, feats['test'][1], probs, before)
     out.finished, out.seconds = True, time.time() - t0
     log.info(f'done in {out.seconds:.1f} s ({out.image_forwards} images through the image encoder)')
     return out
@@ -238,7 +243,7 @@ def _save(fig, path: Path):
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 # %% ../nbs/09a_run.ipynb #fe022373
-def _write_results(run_dir: Path, res: FitResult, cfg: TrainConfig, histories: dict, results: dict, feats: dict, before):
+def _write_results(run_dir: Path, res: FitResult, cfg: TrainConfig, histories: dict, results: dict, test_y, probs: dict, before):
     "metrics.json, metrics_detail.json, the pictures, and ViP's symptom weights."
     atomic_write(run_dir/'metrics.json', json.dumps(res.metrics(), indent=1) + '\n')
     detail = {m: {k: r[k] for k in ('per_class', 'confusion_matrix')} for m, r in results.items()}
@@ -248,8 +253,7 @@ def _write_results(run_dir: Path, res: FitResult, cfg: TrainConfig, histories: d
     main = cfg.method if cfg.method in results else 'vip' if 'vip' in results else next(iter(results))
     if histories: _save(plot_history(histories), run_dir/'training_curve.png')
     _save(plot_confusion(results[main]['confusion_matrix'], res.classes, title=f'{main}, test split'), run_dir/'confusion.png')
-    probs = predict(res.modules[main], feats['test'][0]).numpy()
-    _save(plot_roc(feats['test'][1].numpy(), probs, res.classes, title=f'{main}, test split'), run_dir/'roc.png')
+    _save(plot_roc(test_y.numpy(), probs[main], res.classes, title=f'{main}, test split'), run_dir/'roc.png')
     if 'vip' in res.modules:
         weights = res.modules['vip'].symptom_weights()
         atomic_write(run_dir/'symptom_weights.json', json.dumps(
@@ -308,7 +312,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
     cache = feature_cache(cfg, clip)
     feats = lambda ds, where, show: dataset_features(clip, _readable(ds, where, skip), workers=cfg.workers,
                                                      progress=show, precision=cfg.precision, cache=cache)
-    test_f, test_y = feats(_target(rd, data, split, split_file), f'the {split} split of {data or cfg.data}', progress)
+    target = _readable(_target(rd, data, split, split_file), f'the {split} split of {data or cfg.data}', skip)
+    test_f, test_y = dataset_features(clip, target, workers=cfg.workers, progress=progress, precision=cfg.precision, cache=cache)
     results = {}
     for m in methods:
         if m in FITTED:                          # fitted again, as the run fitted them (deterministic for its seed)
@@ -317,7 +322,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str
         else:
             module = build_method(m, clip, rd.classes, rd.symptoms, **method_options(cfg)).to(clip.device)
             if m in TRAINED: load_checkpoint(run_dir/f'{m}-best.safetensors', module)
-        r = classification_metrics(test_y.numpy(), predict(module.eval(), test_f).numpy(), rd.classes)
+        test = target if getattr(module, 'needs_images', False) else test_f                # images or features
+        r = classification_metrics(test_y.numpy(), predict(module.eval(), test).numpy(), rd.classes)
         results[m] = {k: r[k] for k in SCALARS}
     out = {'dataset': Path(data or cfg.data).name, 'split': split, 'backbone': cfg.backbone, 'seed': cfg.seed,
            'shots': cfg.shots, 'methods': results}

@@ -27,6 +27,7 @@ from .learner import PromptLearner, state_mismatch
 from .features import FeatureCache, image_key, view_key, default_feature_cache
 from .baselines import CoOp, CoCoOp, zeroshot_classname, zeroshot_symptoms
 from .adapters import CLIPAdapter
+from .visual_prompts import VPT, MaPLe, max_prompt_depth
 
 # %% auto #0
 __all__ = ['RECIPES', 'FEW_SHOT_EPOCHS', 'BUNDLED_DATA', 'METHODS', 'TRAINED', 'FITTED', 'option', 'TrainConfig',
@@ -50,9 +51,9 @@ BUNDLED_DATA = {  # bundled synthetic sets -> their plain-word symptom file and 
     'derm-synth': ('symptoms/derm-synth.json', 'dermoscopic image'),
     'cxr-synth': ('symptoms/cxr-synth.json', 'chest X-ray'),
 }
-METHODS = ('vip', 'coop', 'cocoop', 'clip_adapter', 'linear_probe', 'tip_adapter', 'tip_adapter_f',
-           'zeroshot_classname', 'zeroshot_symptoms')
-TRAINED = ('vip', 'coop', 'cocoop', 'clip_adapter')                # trained by `train_method`
+METHODS = ('vip', 'coop', 'cocoop', 'vpt', 'vpt_deep', 'maple', 'clip_adapter', 'linear_probe', 'tip_adapter',
+           'tip_adapter_f', 'zeroshot_classname', 'zeroshot_symptoms')
+TRAINED = ('vip', 'coop', 'cocoop', 'vpt', 'vpt_deep', 'maple', 'clip_adapter')   # trained by `train_method`
 FITTED = ('linear_probe', 'tip_adapter', 'tip_adapter_f')           # fitted on the training features by their own recipe
 
 def option(default, help: str):
@@ -165,6 +166,7 @@ class LoopConfig:
     seed: int = 1                  # seeds the shuffling of each epoch
     precision: str = 'auto'        # one of PRECISIONS (vip.core.autocast)
     workers: int = 2               # data-loading processes (augmented training only)
+    augment: bool = False          # methods that need images: the training transform (else the evaluation one)
 
 # %% ../nbs/09_train.ipynb #6261bfa7
 def lr_at(epoch: int, lr: float, epochs: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5) -> float:
@@ -180,6 +182,9 @@ def build_method(name: str, clip: Clip, classes: list[str], symptoms: dict | Non
     if name == 'vip': return ViP(clip, symptoms, classes, n_ctx, csc, position, ctx_init, precision)
     if name == 'coop': return CoOp(clip, classes, n_ctx, csc, position, ctx_init, precision)
     if name == 'cocoop': return CoCoOp(clip, classes, n_ctx, ctx_init, precision=precision)
+    if name in ('vpt', 'vpt_deep'): return VPT(clip, classes, 8, name == 'vpt_deep', modality, precision=precision)
+    if name == 'maple':                       # MaPLe's own defaults: 2 context tokens, prompts in the first 9 layers
+        return MaPLe(clip, classes, 2, min(9, max_prompt_depth(clip)), ctx_init or 'a photo of a', precision)
     if name == 'clip_adapter': return CLIPAdapter(clip, classes, modality=modality, precision=precision)
     if name == 'zeroshot_classname': return zeroshot_classname(clip, classes, modality, 'ensemble', precision)
     if name == 'zeroshot_symptoms': return zeroshot_symptoms(clip, symptoms, classes, precision)
@@ -337,8 +342,12 @@ def feature_cache(cfg: TrainConfig, clip: Clip, views: bool = False) -> FeatureC
                         clip.train_transform if views else None)
 
 @torch.no_grad()
-def predict(module: nn.Module, feats: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    "Class probabilities (N, C) of `module` from image features (N, D)."
+def predict(module: nn.Module, feats: torch.Tensor | ImageDataset, chunk: int = 1024) -> torch.Tensor:
+    "Class probabilities (N, C) of `module` from image features (N, D), or from the images of a dataset (methods that need them)."
+    if isinstance(feats, ImageDataset):                                          # prompts inside the image tower
+        cf = module.class_features()                                             # (C, D), once for all batches
+        return torch.cat([module(x.to(module.clip.device), cf).float().softmax(-1).cpu()
+                          for x, _ in _loader(feats, module.clip.eval_transform, 64, 0)] or [torch.empty(0, len(cf))])
     dev = next(iter(module.buffers()), torch.empty(0)).device
     out = [module.forward_features(feats[i:i + chunk].to(dev)).float().softmax(-1).cpu() for i in range(0, len(feats), chunk)]
     return torch.cat(out)
@@ -394,6 +403,10 @@ def _batches(module: PromptLearner, train, mine: list[int], per_rank: int, loop:
             idx = torch.tensor(mine[i:i + per_rank], dtype=torch.long)
             yield (f[idx] if pick is None else f[pick[idx], idx]), y[idx]
         return
+    if getattr(module, 'needs_images', False):                                  # prompts inside the image tower
+        tf = module.clip.train_transform if loop.augment else module.clip.eval_transform
+        yield from _loader(train, tf, per_rank, loop.workers, mine, gen)          # (B, 3, H, W) images
+        return
     for x, y in _loader(train, module.clip.train_transform, per_rank, loop.workers, mine, gen):
         yield module.encode_image(x), y                                           # (B, D), frozen, no gradients
 
@@ -401,7 +414,7 @@ def _batches(module: PromptLearner, train, mine: list[int], per_rank: int, loop:
 def train_method(module: PromptLearner, train, val_f, val_y, loop: LoopConfig, run_dir: Path | None = None,
                  tag: str = 'vip', rank: int = 0, world: int = 1, resume: bool = False, stop_after: int | None = None,
                  progress: bool = True) -> dict:
-    "Train the learned tensors of `module` on `train` (features and labels, or a dataset to augment); keep the best by validation accuracy."
+    "Train the learned tensors of `module` on `train` (features and labels, or a dataset) and keep the best on validation (features or a dataset)."
     params = module.prompt_parameters()
     opt = torch.optim.SGD(params, lr=loop.lr, momentum=loop.momentum, weight_decay=loop.weight_decay)
     device, scaler = params[0].device, grad_scaler(params[0].device, loop.precision)
@@ -421,7 +434,7 @@ def train_method(module: PromptLearner, train, val_f, val_y, loop: LoopConfig, r
         for x, y in _batches(module, train, mine, per_rank, loop, gen):
             # forward, backward, step
             x, y = x.to(device), torch.as_tensor(y).to(device)
-            logits = module.forward_features(x)                                    # (B, C)
+            logits = module(x) if getattr(module, 'needs_images', False) else module.forward_features(x)   # (B, C)
             loss = F.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler else loss).backward()
