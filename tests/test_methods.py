@@ -20,8 +20,8 @@ def test_every_method_trains_tests_and_evaluates_again(tmp_path, toy):
     assert set(m) == set(METHODS)
     d = json.loads((run/'metrics_detail.json').read_text())
     # features once (12 images in each split), then each image-side method (vpt, vpt_deep, maple) runs the image tower
-    # on the 12 training and 12 validation images per epoch (2 epochs) and on the 12 test images once
-    assert (d['images_encoded'], d['image_forwards']) == (36, 36 + 3 * (2 * (12 + 12) + 12))
+    # on the 12 training and 12 validation images per epoch (their own recipe: 5 epochs) and on the 12 test images once
+    assert (d['images_encoded'], d['image_forwards']) == (36, 36 + 3 * (5 * (12 + 12) + 12))
     for k in ('vpt', 'vpt_deep', 'maple', 'clip_adapter'): assert (run/f'{k}-best.safetensors').is_file()
     ev = evaluate_run(run, progress=False)['methods']
     for k in METHODS: assert ev[k] == pytest.approx(m[k], abs=1e-6), k          # the same numbers, fitted or loaded again

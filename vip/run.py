@@ -25,7 +25,7 @@ from .model import ViP
 from .explain import save_run_explanations
 from .features import FeatureCache
 from .train import (TrainConfig, METHODS, TRAINED, FITTED, build_method, method_options, train_method, dataset_features,
-                       predict, load_checkpoint, parse_class_names, dist_setup, broadcast, feature_cache, augmented_features)
+                       predict, load_checkpoint, parse_class_names, method_loop, dist_setup, broadcast, feature_cache, augmented_features)
 
 # %% auto #0
 __all__ = ['FitResult', 'RunData', 'prepare_run', 'RunInterrupted', 'fit_on_features', 'fit', 'run_caches', 'plot_history',
@@ -147,7 +147,7 @@ def _run_method(m: str, rd: RunData, clip: Clip, feats: dict, run_dir, rank, wor
     train = feats['train'] if not cfg.augment else feats.get('train_views', rd.data['train'])   # views, or on the fly
     val = feats['val']
     if getattr(module, 'needs_images', False): train, val = rd.data['train'], (rd.data['val'], val[1])   # images
-    st = train_method(module, train, *val, cfg.loop(), run_dir, m, rank, world,
+    st = train_method(module, train, *val, method_loop(cfg, m), run_dir, m, rank, world,
                       resume=resume, stop_after=stop_after, progress=progress)
     return module, st, before
 

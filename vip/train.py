@@ -5,7 +5,7 @@
 # %% ../nbs/09_train.ipynb #7ff33041
 from __future__ import annotations
 import json, logging, math, os, random, signal, threading
-from dataclasses import dataclass, asdict, fields, field
+from dataclasses import dataclass, asdict, fields, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +27,13 @@ from .learner import PromptLearner, state_mismatch
 from .features import FeatureCache, image_key, view_key, default_feature_cache
 from .baselines import CoOp, CoCoOp, zeroshot_classname, zeroshot_symptoms
 from .adapters import CLIPAdapter
-from .visual_prompts import VPT, MaPLe, max_prompt_depth
+from .visual_prompts import VPT, MaPLe, max_prompt_depth, VISUAL_PROMPT_RECIPES
 
 # %% auto #0
 __all__ = ['RECIPES', 'FEW_SHOT_EPOCHS', 'BUNDLED_DATA', 'METHODS', 'TRAINED', 'FITTED', 'option', 'TrainConfig',
-           'config_methods', 'check_config', 'LoopConfig', 'lr_at', 'build_method', 'method_options', 'save_checkpoint',
-           'load_checkpoint', 'dist_setup', 'broadcast', 'HeldInterrupts', 'dataset_features', 'feature_cache',
-           'predict', 'augmented_features', 'train_method', 'parse_class_names']
+           'config_methods', 'check_config', 'LoopConfig', 'lr_at', 'build_method', 'method_loop', 'method_options',
+           'save_checkpoint', 'load_checkpoint', 'dist_setup', 'broadcast', 'HeldInterrupts', 'dataset_features',
+           'feature_cache', 'predict', 'augmented_features', 'train_method', 'parse_class_names']
 
 # %% ../nbs/09_train.ipynb #80083fb1
 RECIPES = {  # backbone -> the training recipe (paper, section 3; 'pocket' is the bundled teaching model)
@@ -76,7 +76,7 @@ class TrainConfig:
     csc: bool = option(False, 'class-specific context (one set of M vectors per class)')
     position: str = option('end', "where the context sits: 'end' (before the symptom), 'middle', 'front'")
     ctx_init: str | None = option(None, "initialise the context from words, e.g. 'a photo of a' (then M = their tokens)")
-    epochs: int | None = option(None, 'training epochs (paper: 50)')
+    epochs: int | None = option(None, 'training epochs (paper: 50; VPT and MaPLe keep their recipe: 5 epochs of batch 4)')
     batch_size: int | None = option(None, 'images per step, over all GPUs (paper: 32 / 16 / 8)')
     lr: float | None = option(None, 'peak learning rate (paper: 0.002, 0.001 for RN50x64)')
     momentum: float = option(0.9, 'SGD momentum')
@@ -190,6 +190,13 @@ def build_method(name: str, clip: Clip, classes: list[str], symptoms: dict | Non
     if name == 'zeroshot_symptoms': return zeroshot_symptoms(clip, symptoms, classes, precision)
     if name in FITTED: raise VipError(f'{name} is fitted on training features: use vip.run.fit (or vip_train --method {name})')
     raise VipError(f'unknown method {name!r}: use one of {", ".join(METHODS)}')
+
+_OWN_LOOP = {m: {k: VISUAL_PROMPT_RECIPES[r][k] for k in ('lr', 'epochs', 'batch_size', 'warmup_epochs', 'warmup_lr')}
+             for m, r in (('vpt', 'vpt'), ('vpt_deep', 'vpt'), ('maple', 'maple'))}
+
+def method_loop(cfg: TrainConfig, name: str) -> LoopConfig:
+    "The loop of method `name` under `cfg`: the config's, except for VPT and MaPLe, which keep their published recipes."
+    return replace(cfg.loop(), **_OWN_LOOP.get(name, {}))
 
 def method_options(cfg: TrainConfig) -> dict:
     "The options of `build_method` that a config sets."
