@@ -13,7 +13,9 @@ from .core import VipError, get_device, atomic_write
 from .train import TrainConfig, METHODS
 from .run import fit, evaluate_run, FitResult, RunInterrupted
 from .compare import compare, comparison_table
-from .bench import run_bench, format_results, auto_threads
+from .bench import run_bench, format_results, auto_threads, bench_throughput, bench_memory
+from .clip import Clip, load_clip
+from .baselines import CoCoOp
 from .evaluate import format_table
 from .symptoms import one_line
 
@@ -156,6 +158,20 @@ def compare_main(argv: list[str] | None = None) -> int:
 def compare_cli(): sys.exit(compare_main())
 
 # %% ../nbs/12_cli.ipynb #2f3ed37b
+def _gpu_numbers(clip: Clip, a) -> dict:
+    "Throughput and peak memory at `a.gpu_batch` under `a.precision`, and CoCoOp's peak memory per batch size."
+    tp = bench_throughput(clip, a.gpu_batch, a.precision, a.reps)
+    cocoop = bench_memory(lambda: CoCoOp(clip, ['normal lung', 'pneumonia'], precision=a.precision), clip,
+                          (1, 4, 16, a.gpu_batch), a.precision)
+    return {'batch': a.gpu_batch, 'precision': a.precision, 'throughput': tp, 'cocoop_peak_mib': cocoop}
+
+def _format_gpu(g: dict, header: str = '') -> str:
+    mib = lambda m: 'n/a (CUDA only)' if m is None else f'{m:.0f} MiB'
+    lines = ([header] if header else []) + [f"batch {g['batch']}, {g['precision']}:"]
+    lines += [f"  {k:20} {r['images_per_s']:9.1f} images/s   peak {mib(r['peak_mib'])}" for k, r in g['throughput'].items()]
+    lines.append('  CoCoOp, one step on cached features, peak: ' + ', '.join(f'batch {b}: {mib(m)}' for b, m in g['cocoop_peak_mib'].items()))
+    return '\n'.join(lines)
+
 def bench_main(argv: list[str] | None = None) -> int:
     "The `vip_bench` command: time vip against the straightforward implementation and print median ratios."
     p = OneLineParser(prog='vip_bench', description='Time vip against the straightforward ViP '
@@ -165,7 +181,10 @@ def bench_main(argv: list[str] | None = None) -> int:
     p.add_argument('--device', default='cpu', help="'cpu' (default), 'cuda', 'mps' or 'auto'")
     p.add_argument('--reps', type=int, default=3, help='timed rounds after one warm-up round (default 3; more = steadier)')
     p.add_argument('--batch', type=int, default=8, help='images per training step (default 8)')
-    p.add_argument('--parts', default='abc', help="which measurements: any of 'a', 'b', 'c' (default abc)")
+    p.add_argument('--parts', default='abc', help="which measurements: any of 'a', 'b', 'c' (default abc), and 'g': "
+                   "images per second and peak memory at --gpu_batch under --precision (meant for CUDA), CoCoOp's memory per batch")
+    p.add_argument('--gpu_batch', type=int, default=32, help="images per step for 'g' (default 32, the paper's)")
+    p.add_argument('--precision', default='fp16', help="precision for 'g' (default fp16; bf16 also runs on a CPU)")
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (default 0: the cores other programs leave free)')
     p.add_argument('--no-pack', action='store_true', help="time vip without packing (one batch cut to the longest prompt)")
     p.add_argument('--seed', type=int, default=0)
@@ -180,17 +199,22 @@ def bench_main(argv: list[str] | None = None) -> int:
             threads, load = auto_threads()
             torch.set_num_threads(threads)
         t0 = time.perf_counter()
-        res = run_bench(a.backbone, a.pretrained, a.device, a.reps, a.batch, a.parts, a.seed, pack=not a.no_pack)
+        if set(a.parts) - set('abcg'): raise VipError(f'--parts {a.parts}: use letters from a, b, c and g, e.g. "ac"')
+        clip = load_clip(a.backbone, pretrained=a.pretrained, device=a.device)
+        abc = ''.join(c for c in 'abc' if c in a.parts)
+        res = run_bench(a.backbone, a.pretrained, a.device, a.reps, a.batch, abc, a.seed, clip, pack=not a.no_pack) if abc else []
+        gpu = _gpu_numbers(clip, a) if 'g' in a.parts else None
         dev = get_device(a.device)
         head = (f'vip_bench: {a.backbone} ({"random weights" if a.pretrained is None else a.pretrained}) on {dev}, '
                 f'{"no packing, " if a.no_pack else ""}'
                 f'{torch.get_num_threads()} threads{"" if load is None else f" (load average {load:.1f} on {os.cpu_count()} cores)"}, '
                 f'{a.reps} rounds after 1 warm-up round, medians '
                 f'({time.perf_counter() - t0:.0f} s)')
-        print(format_results(res, head))
+        if res: print(format_results(res, head))
+        if gpu: print(_format_gpu(gpu, head if not res else ''))
         if a.json:
             atomic_write(a.json, json.dumps(dict(args=vars(a), device=str(dev), threads=torch.get_num_threads(),
-                                                 results=res), indent=1))
+                                                 results=res, gpu=gpu), indent=1))
     except VipError as e: return fail('vip_bench', e)
     finally: torch.set_num_threads(before)
     return 1 if a.check and any(r['ok'] is False for r in res) else 0

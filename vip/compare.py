@@ -69,11 +69,13 @@ def plot_comparison(result: dict, metric: str = 'accuracy', ax=None):
     if ax is None: _, ax = plt.subplots(figsize=(6, 3.6))
     ks = list(result['summary'])
     xs = list(range(len(ks)))
-    for m in next(iter(result['summary'].values())):
+    methods = list(next(iter(result['summary'].values())))
+    colours = plt.get_cmap('tab20')(range(len(methods)))           # twelve methods: no colour twice
+    for m, c in zip(methods, colours):
         mean = [100 * result['summary'][k][m][metric][0] for k in ks]
         std = [100 * result['summary'][k][m][metric][1] for k in ks]
-        ax.errorbar(xs, mean, yerr=std, marker='o', capsize=3, label=m)
+        ax.errorbar(xs, mean, yerr=std, marker='o', capsize=3, label=m, color=c, lw=2.2 if m == 'vip' else 1.2)
     ax.set_xticks(xs, ks); ax.set_xlabel('training images per class'); ax.set_ylabel(f'{metric} (%)')
     ax.set_title(f"{result['dataset']}, {result['backbone']}: mean ± std over seeds {result['seeds']}")
-    ax.legend(fontsize=7, loc='best'); ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5)); ax.grid(alpha=0.3)
     return ax.figure
