@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_clip.ipynb #991808c5
 from __future__ import annotations
-import contextlib, copy, importlib.util, json, logging, socket, string, tempfile
+import contextlib, copy, importlib.util, json, logging, socket, string, tempfile, weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -477,12 +477,19 @@ def encode_token_embeddings(model: nn.Module, x: torch.Tensor, eot: torch.Tensor
     return x @ t.text_projection                            # (P, W) @ (W, D) -> (P, D)
 
 # %% ../nbs/02_clip.ipynb #59992ed7
+_TEXT_FEATURES = weakref.WeakKeyDictionary()   # model -> {(texts, precision, device): features}: the towers are frozen
+
 @torch.no_grad()
-def encode_texts(clip: Clip, texts: list[str], precision: str = 'auto') -> torch.Tensor:
-    "Normalised text features (N, D) of `texts`, encoded under `precision`."
+def encode_texts(clip: Clip, texts: list[str], precision: str = 'auto', cache: bool = True) -> torch.Tensor:
+    "Normalised text features (N, D) of `texts`, encoded under `precision` (once per frozen model, unless `cache` is off)."
+    key, seen = (tuple(texts), precision, str(clip.device)), _TEXT_FEATURES.setdefault(clip.model, {})
+    if cache and key in seen: return seen[key].clone()
     ids = clip.tokenizer(list(texts)).to(clip.device)
-    with autocast(clip.device, precision): f = clip.model.encode_text(ids)   # (N, D)
-    return F.normalize(f.float(), dim=-1)
+    with autocast(clip.device, precision): f = F.normalize(clip.model.encode_text(ids).float(), dim=-1)   # (N, D)
+    if cache:
+        if len(seen) >= 256: seen.pop(next(iter(seen)))                  # the oldest set goes first
+        seen[key] = f.clone()
+    return f
 
 # %% ../nbs/02_clip.ipynb #d683f740
 @torch.no_grad()
