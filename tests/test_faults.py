@@ -100,12 +100,18 @@ def test_resume_removes_temporary_files_of_killed_writers(run, tmp_path, toy):
     assert not stale.exists() and list((tmp_path/'runs'/'r').glob('.*.tmp')) == []
 
 
+def _hear_ctrl_c():
+    "In the child: Ctrl-C as a terminal delivers it, even when these tests run in a background job (which ignores SIGINT)."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_and_signal(tmp_path, toy, sig, wait_for, extra=(), epochs=60):
     "Start a run in its own process group; send `sig` to the group once `wait_for(run_dir)` holds."
     args = _args(toy, tmp_path/'runs', 'r', *extra)
     args[args.index('--epochs') + 1] = str(epochs)
     p = subprocess.Popen([sys.executable, '-c', f'import sys; {CODE["train"]}; sys.exit(m())', *args], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=_hear_ctrl_c)
     deadline = time.time() + 120
     while not wait_for(tmp_path/'runs'/'r') and time.time() < deadline and p.poll() is None: time.sleep(0.05)
     os.killpg(p.pid, sig)

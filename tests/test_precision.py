@@ -6,8 +6,10 @@ records the dtype it computes in while each method makes its class features.
 import pytest
 import torch
 
+import vip.clip
+from vip.adapters import tip_adapter
 from vip.clip import TINY, encode_images, load_clip
-from vip.train import METHODS, TrainConfig, build_method, method_options
+from vip.train import FITTED, METHODS, TrainConfig, build_method, method_options
 
 SYMPTOMS = {'melanoma': ['the spot is dark', 'the spot has jagged edges'], 'nevus': ['the spot is light brown']}
 TEXT_METHODS = [m for m in METHODS if m != 'linear_probe']        # the linear probe encodes no text
@@ -22,11 +24,17 @@ def clip():
 def text_dtypes(clip, method, precision):
     "The dtypes the text tower computed in while `method` was built and made its logits."
     seen = []
+    vip.clip._TEXT_FEATURES.clear()                    # text features computed before would hide the tower's dtype
     layer = clip.model.transformer.resblocks[0].mlp.c_fc
     hook = layer.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    feats, labels = torch.nn.functional.normalize(torch.randn(4, clip.embed_dim), dim=-1), torch.tensor([0, 1, 0, 1])
     try:
-        m = build_method(method, clip, ['melanoma', 'nevus'], SYMPTOMS, **method_options(TrainConfig(precision=precision)))
-        logits = m.forward_features(torch.randn(3, clip.embed_dim))
+        if method in FITTED:                           # built from training features, here random ones
+            m = tip_adapter(clip, ['melanoma', 'nevus'], feats, labels, feats, labels, precision=precision,
+                            finetune=method == 'tip_adapter_f', alphas=(1.0,), betas=(1.0,))
+        else: m = build_method(method, clip, ['melanoma', 'nevus'], SYMPTOMS, **method_options(TrainConfig(precision=precision)))
+        if getattr(m, 'needs_images', False): logits = m(torch.randn(3, 3, clip.image_size, clip.image_size))
+        else: logits = m.forward_features(torch.randn(3, clip.embed_dim))
     finally: hook.remove()
     assert logits.dtype == torch.float32 and logits.shape == (3, 2)      # logits are float32 under every policy
     return set(seen)
