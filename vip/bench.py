@@ -68,12 +68,13 @@ def median_ratio(slow: list[float], fast: list[float]) -> float:
     return statistics.median(s / f for s, f in zip(slow, fast))
 
 # %% ../nbs/06a_bench.ipynb #39cb8104
-def _loss_step(logits_fn, labels, opt):
-    "One training step: logits, cross-entropy, backward, optimiser step."
-    loss = F.cross_entropy(logits_fn(), labels)
+def _loss_step(logits_fn, labels, opt, scaler=None):
+    "One training step: logits, cross-entropy, backward, optimiser step (through the gradient scaler fp16 needs, if given)."
+    loss = F.cross_entropy(logits_fn().float(), labels)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    (scaler.scale(loss) if scaler else loss).backward()
+    if scaler: scaler.step(opt); scaler.update()
+    else: opt.step()
 
 def bench_prompt_side(clip: Clip, n_cls: int, n_sym: int, reps: int = 3, pack: bool = True) -> dict:
     "(a) Context to class features, forward and backward, vip against the plain loop over classes."
@@ -173,14 +174,6 @@ def _peak_mib(fn, device: torch.device) -> float | None:
     fn(); torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) / 2**20
 
-def _step(module, batch_fn, labels, opt, scaler):
-    "One training step of `module` under its precision, with the gradient scaler fp16 needs."
-    loss = F.cross_entropy(batch_fn().float(), labels)
-    opt.zero_grad(set_to_none=True)
-    (scaler.scale(loss) if scaler else loss).backward()
-    if scaler: scaler.step(opt); scaler.update()
-    else: opt.step()
-
 def bench_throughput(clip: Clip, batch: int = 32, precision: str = 'fp16', reps: int = 3) -> dict:
     "Images per second and peak memory of the image encoder alone, a whole ViP step and a cached-feature step."
     model = ViP(clip, bench_symptoms(2, 4), precision=precision)
@@ -189,8 +182,8 @@ def bench_throughput(clip: Clip, batch: int = 32, precision: str = 'fp16', reps:
     labels, feats = torch.arange(batch, device=clip.device) % 2, model.encode_image(images)
     def encoder():
         with torch.no_grad(), model.autocast(): clip.model.encode_image(images)
-    fns = {'image encoder': encoder, 'training step': lambda: _step(model, lambda: model(images), labels, opt, scaler),
-           'cached-feature step': lambda: _step(model, lambda: model.forward_features(feats), labels, opt, scaler)}
+    fns = {'image encoder': encoder, 'training step': lambda: _loss_step(lambda: model(images), labels, opt, scaler),
+           'cached-feature step': lambda: _loss_step(lambda: model.forward_features(feats), labels, opt, scaler)}
     peak = {k: _peak_mib(fn, clip.device) for k, fn in fns.items()}
     t = time_interleaved(fns, reps, device=clip.device)
     return {k: dict(seconds=statistics.median(t[k]), images_per_s=batch / statistics.median(t[k]), peak_mib=peak[k])
@@ -204,5 +197,5 @@ def bench_memory(make, clip: Clip, batch_sizes=(1, 4, 16, 32), precision: str = 
     for b in batch_sizes:
         feats = F.normalize(torch.randn(b, clip.embed_dim, device=clip.device), dim=-1)
         labels = torch.arange(b, device=clip.device) % len(module.classes)
-        out[b] = _peak_mib(lambda: _step(module, lambda: module.forward_features(feats), labels, opt, scaler), clip.device)
+        out[b] = _peak_mib(lambda: _loss_step(lambda: module.forward_features(feats), labels, opt, scaler), clip.device)
     return out
