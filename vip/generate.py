@@ -4,7 +4,7 @@
 
 # %% ../nbs/03c_generate.ipynb #12b7eb43
 from __future__ import annotations
-import dataclasses, re
+import dataclasses, json, re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,11 +14,12 @@ from . import __version__
 from .core import VipError, check_classes
 from .clip import Clip, encode_texts
 from .symptoms import check_symptoms, fits_context, normalise_symptom, one_line
-from .llm import Answer, LLMClient, Template, get_template, is_refusal, parse_symptoms
+from .llm import VISUAL, Answer, LLMClient, Template, get_template, is_refusal, parse_symptoms
 
 # %% auto #0
-__all__ = ['PLAIN_WORDS', 'NON_VISUAL', 'Candidate', 'generate_candidates', 'non_visual_term', 'rewrite_plain',
-           'separation_scores', 'refine_symptoms', 'kept_symptoms', 'GenerateOptions', 'generate_symptoms']
+__all__ = ['PLAIN_WORDS', 'NON_VISUAL', 'DIFFERENTIAL', 'Candidate', 'generate_candidates', 'non_visual_term', 'rewrite_plain',
+           'separation_scores', 'refine_symptoms', 'kept_symptoms', 'GenerateOptions', 'generate_symptoms',
+           'PairTemplate', 'parse_differences', 'ask_differences', 'refine_additions', 'differential_round']
 
 # %% ../nbs/03c_generate.ipynb #f57fb5e3
 @dataclass
@@ -90,7 +91,6 @@ PLAIN_WORDS = {  # medical term -> plain visual words (lower case; longest match
     'homogeneous': 'even', 'heterogeneous': 'uneven', 'papule': 'raised bump', 'macule': 'flat spot',
 }
 
-# %% ../nbs/03c_generate.ipynb #a489a215
 NON_VISUAL = ('fever', 'feverish', 'cough', 'coughing', 'sputum', 'pain', 'painful', 'itch', 'itches', 'itchy',
               'itching', 'tender', 'tenderness', 'breath', 'breathes', 'breathing', 'chills', 'fatigue', 'tired',
               'history', 'age', 'aged', 'years old', 'patient', 'patients', 'biopsy', 'blood test', 'laboratory',
@@ -282,3 +282,158 @@ def generate_symptoms(classes: list[str], modality: str, client: LLMClient | Non
     symptoms = kept_symptoms(cands, o.n)
     check_symptoms(symptoms, classes, clip.tokenizer if clip is not None else None, o.n_ctx, what='generated symptoms')
     return symptoms, meta
+
+# %% ../nbs/03c_generate.ipynb #12ae9d67
+@dataclass(frozen=True)
+class PairTemplate:
+    "A named, versioned way of asking an LLM what one can see that tells two classes apart."
+    name: str                        # short name, written into the symptom file's meta
+    version: int                     # bump it whenever the wording changes
+    question: str                    # the user message; fields {a}, {b}, {modality}, {listed}, {k}
+    system: str | None = None        # the system message, or None
+    temperature: float | None = 0.0  # sampling temperature; None leaves the server's default
+    json: bool = True                # ask for {"a": [...], "b": [...]} with response_format json_object
+    style: str = ''                  # where the style comes from, one line
+
+    def render(self, a: str, b: str, modality: str, listed: dict[str, list[str]], k: int = 4) -> list[dict]:
+        "The chat messages of the question about the pair (a, b), listing the symptoms already in the file."
+        lines = '\n'.join(f'- "{c}": {s}' for c in (a, b) for s in listed.get(c, [])) or '(none yet)'
+        sys_msg = [{'role': 'system', 'content': self.system}] if self.system else []
+        return sys_msg + [{'role': 'user', 'content': self.question.format(a=a, b=b, modality=modality, listed=lines, k=k)}]
+
+DIFFERENTIAL = PairTemplate(
+    name='differential', version=1, system=VISUAL.system,
+    style='vip default: what one can see that tells a confused pair apart, plain words, JSON',
+    question=('Imaging modality: {modality}\n'
+              'Classes to tell apart: "{a}" and "{b}"\n'
+              'An image classifier confuses these two classes. The symptoms it already uses:\n{listed}\n\n'
+              'List up to {k} more findings per class that one can see in a {modality} and that tell the two apart.\n'
+              'Rules:\n'
+              '- one short sentence each, at most 15 words;\n'
+              '- describe shape, border, colour, texture, brightness, size or location;\n'
+              '- use plain everyday words instead of medical terms;\n'
+              '- do not repeat the symptoms above; leave out anything that cannot be seen in the image.\n'
+              'Answer in JSON with one list per class: {{"{a}": ["..."], "{b}": ["..."]}}'))
+
+_ITEM = re.compile(r'^\s*(?:[-*•]|\d{1,2}[.)])\s+\S')                    # a line of a list
+_HEADING = re.compile(r'^[\s#*_]*(?:for\s+)?["“]?([^:"”]{1,60}?)["”]?[\s*_]*:[\s*_]*$', re.I)  # "melanoma:"
+
+def parse_differences(text: str | None) -> dict[str, list[str]]:
+    "Findings per class name from a pair answer: a JSON object of lists, or a heading per class over a list."
+    text = re.sub(r'```[A-Za-z]*', '', text or '')
+    clean = lambda items: parse_symptoms('\n'.join(f'- {x}' for x in items if isinstance(x, str)))
+    for m in re.finditer(r'\{', text):
+        try: obj, _ = json.JSONDecoder().raw_decode(text, m.start())
+        except ValueError: continue
+        lists = {str(k).strip(): clean(v) for k, v in obj.items() if isinstance(v, list)}
+        if any(lists.values()): return {k: v for k, v in lists.items() if v}
+    found, label = {}, None
+    for line in text.splitlines():
+        if _ITEM.match(line) and label is not None: found.setdefault(label, []).extend(parse_symptoms(line))
+        elif (h := _HEADING.match(line)) and not _ITEM.match(line): label = h.group(1).strip()
+    return found
+
+# %% ../nbs/03c_generate.ipynb #8488c4cd
+def _check_pair_answer(a: str, b: str, text: str):
+    "Raise a clear error when a pair answer holds no findings per class (so it is not cached)."
+    if parse_differences(text): return
+    what = f'"{a}" and "{b}"'
+    if not text.strip():
+        raise VipError(f'the LLM gave an empty answer about {what}: run again (empty answers are not cached), '
+                       f'or try another model (--model)')
+    if is_refusal(text):
+        raise VipError(f'the LLM refused to tell {what} apart ("{one_line(text, 60)}"): try another model (--model)')
+    raise VipError(f'found no findings per class in the LLM answer about {what} ("{one_line(text, 60)}"): the '
+                   f'answer must name each class, as in {{"{a}": [...], "{b}": [...]}}')
+
+def ask_differences(pairs: list[tuple[str, str]], modality: str, client: LLMClient, listed: dict[str, list[str]],
+                    template: PairTemplate = DIFFERENTIAL, k: int = 4) -> tuple[dict, list[dict], list[Answer]]:
+    "Stage 3a: the LLM's findings per class for every confused pair: (candidates, rejected findings, answers)."
+    cands, rejected, answers = {c: [] for c in listed}, [], []
+    for a, b in pairs:
+        ans = client.ask(template.render(a, b, modality, listed, k), temperature=template.temperature,
+                         json=template.json, check=lambda text, a=a, b=b: _check_pair_answer(a, b, text))
+        _check_pair_answer(a, b, ans.text)   # a cached answer too
+        answers.append(ans)
+        for label, items in parse_differences(ans.text).items():
+            cls = next((c for c in (a, b) if normalise_symptom(c) == normalise_symptom(label)), None)
+            for t in items:
+                if cls is not None: cands[cls].append(Candidate(t, order=len(cands[cls])))
+                else: rejected.append({'class': label, 'text': t, 'reason': f'filed under "{label}", which is '
+                                       f'neither "{a}" nor "{b}" (the classes asked about)'})
+    return cands, rejected, answers
+
+# %% ../nbs/03c_generate.ipynb #5b75cc66
+def _score_additions(existing: dict[str, list[str]], cands: dict[str, list[Candidate]], clip: Clip, threshold: float):
+    "Steps 3b and 4a for new candidates, in place: drop CLIP near-duplicates (the file's symptoms come first), score the rest."
+    names = list(existing)
+    order = [(c, Candidate(t)) for c in names for t in existing[c]]   # stand-ins for the file's symptoms, which stay
+    n_old = len(order)
+    order += [(c, x) for c in names for x in sorted((x for x in cands[c] if x.dropped is None), key=lambda x: (-x.votes, x.order))]
+    if len(order) == n_old: return
+    emb = encode_texts(clip, [f'{x.text}.' for _, x in order]).cpu()          # (E + K, D)
+    kept, emb = _merge_close(order, emb, threshold)                           # a new one close to an old one goes
+    labels = torch.tensor([names.index(c) for c, _ in kept])                  # (P,)
+    for (c, x), s in zip(kept, separation_scores(emb, labels, len(names)).tolist()):
+        x.score = round(s, 4)   # scored against the file's symptoms too; the stand-ins are thrown away
+
+def refine_additions(existing: dict[str, list[str]], new: dict[str, list[Candidate]], add: int = 2,
+                     clip: Clip | None = None, glossary: dict | None = None, threshold: float = 0.95,
+                     max_words: int = 20, n_ctx: int = 4) -> dict[str, list[Candidate]]:
+    "Stage 3b: refine new candidates beside symptoms that stay: screen, drop repeats, keep the best `add` per class."
+    cands = {c: [dataclasses.replace(x) for x in new.get(c, [])] for c in existing}   # copies, in the file's class order
+    tok = clip.tokenizer if clip is not None else None
+    owner = {normalise_symptom(t): (c, t) for c, ts in existing.items() for t in ts}
+    for xs in cands.values():
+        for x in xs:
+            _screen(x, True, True, glossary, max_words, n_ctx, tok)
+            hit = owner.get(normalise_symptom(x.text)) if x.dropped is None else None
+            if hit: x.dropped = f'repeats "{hit[1]}", a symptom of "{hit[0]}" already in the file'
+        _merge_same_text(xs)
+    if clip is not None: _score_additions(existing, cands, clip, threshold)
+    for c, xs in cands.items():
+        ranked = sorted((x for x in xs if x.dropped is None), key=lambda x: (-(x.score or 0.0), -x.votes, x.order))
+        for x in ranked[add:]: x.dropped = f'not among the best {add} new ones'
+        cands[c] = ranked[:add] + [x for x in xs if x.dropped is not None]
+    return cands
+
+# %% ../nbs/03c_generate.ipynb #2a4ff4b3
+def _check_pairs(pairs, classes: list[str]) -> list[tuple[str, str]]:
+    "The confused pairs as distinct (a, b) tuples of two different classes, or a clear error."
+    out = []
+    for p in pairs:
+        p = tuple(p) if isinstance(p, (list, tuple)) else (p,)
+        if len(p) != 2 or p[0] == p[1] or not set(p) <= set(classes):
+            raise VipError(f'{list(p)} is not a pair of two different classes of the symptom file {classes}: '
+                           f'pass pairs such as {classes[:2]}')
+        if frozenset(p) not in map(frozenset, out): out.append(p)
+    if not out: raise VipError('no confused pairs to ask about: pass at least one pair of classes '
+                               '(for example from vip.audit.confused_pairs)')
+    return out
+
+def differential_round(symptoms: dict, meta: dict | None, pairs, client: LLMClient, modality: str | None = None,
+                       clip: Clip | None = None, options: GenerateOptions | None = None, add: int = 2, k: int = 4,
+                       template: PairTemplate = DIFFERENTIAL, source: str = 'given') -> tuple[dict, dict]:
+    "One round of differential questions about confused `pairs`: the best `add` new symptoms per class are added."
+    o, meta = options or GenerateOptions(), dict(meta or {})
+    texts = check_symptoms(symptoms, n_ctx=o.n_ctx, what='symptoms to extend')   # class -> prompt texts
+    pairs = _check_pairs(pairs, list(texts))
+    modality = modality or meta.get('modality')
+    if not (modality or '').strip():
+        raise VipError('the imaging modality is unknown (the symptom file does not record one): pass modality=, '
+                       'such as "dermoscopic image"')
+    new, rejected, answers = ask_differences(pairs, modality, client, texts, template, k)
+    refined = refine_additions(texts, new, add, clip, o.glossary, o.threshold, o.max_words, o.n_ctx)
+    added = kept_symptoms(refined)
+    out = {c: list(symptoms[c]) + added[c] for c in texts}
+    check_symptoms(out, list(texts), clip.tokenizer if clip is not None else None, o.n_ctx, what='extended symptoms')
+    date, rounds = max(a.date for a in answers), list(meta.get('differential') or [])
+    rounds.append({'round': len(rounds) + 1, 'pairs': [list(p) for p in pairs], 'source': source,
+                   'model': client.model, 'template': {'name': template.name, 'version': template.version,
+                                                       'style': template.style},
+                   'k': k, 'add': add, 'answers': len(answers), 'date': date, 'refine': _refine_meta(clip, o),
+                   'added': {c: [x.text for x in refined[c] if x.dropped is None] for c in texts},
+                   'dropped': [{'class': c, 'text': x.text, 'reason': x.dropped}
+                               for c in texts for x in refined[c] if x.dropped] + rejected})
+    meta['differential'], meta['date'] = rounds, max(d for d in (meta.get('date'), date) if d)
+    return out, meta

@@ -9,7 +9,7 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # %% auto #0
-__all__ = ['FAKE_ANSWERS', 'FAKE_BEHAVIOURS', 'FakeLLMServer']
+__all__ = ['FAKE_ANSWERS', 'FAKE_BEHAVIOURS', 'FAKE_PAIR_ANSWERS', 'FAKE_LOOKALIKES', 'FakeLLMServer']
 
 # %% ../nbs/03b_llm_server.ipynb #f6f8180e
 FAKE_ANSWERS = {  # the teaching server's bank; written for vip, not the output of any model
@@ -62,7 +62,8 @@ def _fake_items(answers: dict, question: str, nth: int) -> tuple[str, list[str]]
     return cls, items[r:] + items[:r]
 
 # %% ../nbs/03b_llm_server.ipynb #615b4215
-FAKE_BEHAVIOURS = ('auto', 'bullets', 'numbered', 'json', 'prose', 'empty', 'refusal', '429', '500', 'hang')
+FAKE_BEHAVIOURS = ('auto', 'bullets', 'numbered', 'json', 'prose', 'empty', 'refusal', '429', '500', 'hang',
+                   'echo', 'wrong-class')  # the last two change what a pair question's answer says
 
 def _fake_text(behaviour: str, cls: str, items: list[str]) -> str:
     "The answer's text for one of the answering behaviours (bullets, numbered, json, prose, empty, refusal)."
@@ -76,6 +77,70 @@ def _fake_text(behaviour: str, cls: str, items: list[str]) -> str:
     if behaviour == 'empty': return ''
     if behaviour == 'refusal': return "I'm sorry, but I can't help with identifying medical conditions from images."
     raise KeyError(behaviour)
+
+# %% ../nbs/03b_llm_server.ipynb #8fec0831
+FAKE_PAIR_ANSWERS = {  # the teaching server's pair bank: {class, class} -> class -> findings; written for vip
+    frozenset({'melanoma', 'nevus'}): {
+        'melanoma': ['Dark specks scattered inside the spot', 'A fuzzy, blurred border on one side',
+                     'The spot has an odd, lopsided shape', 'A blue-white veil over part of the spot',
+                     'The spot has grown over the past months'],
+        'nevus': ['The spot has one consistent colour', 'A clear, sharp border all around',
+                  'The same light brown everywhere in the spot', 'The patient has had it since childhood']},
+    frozenset({'normal lung', 'pneumonia'}): {
+        'normal lung': ['Both dark fields are equally dark from top to bottom',
+                        'Thin bright lines run evenly across both dark fields',
+                        'The lower edges of both dark fields are sharp', 'The patient breathes easily'],
+        'pneumonia': ['One dark field holds a soft white cloud', 'A hazy, cloudy white area on one side only',
+                      'Air bronchograms inside the white area', 'Cough and a high fever']},
+}
+FAKE_LOOKALIKES = {  # pair -> a class nobody asked about, for the `wrong-class` behaviour
+    frozenset({'melanoma', 'nevus'}): 'dysplastic nevus', frozenset({'normal lung', 'pneumonia'}): 'viral pneumonia'}
+_FAKE_PAIR_GENERIC = ['A brighter area than in {other}', 'Edges sharper than in {other}', 'A grainier texture than in {other}']
+
+# %% ../nbs/03b_llm_server.ipynb #20b9475e
+_PAIR = re.compile(r'^Classes to tell apart: "([^"]+)" and "([^"]+)"', re.M)
+_LISTED = re.compile(r'^- "([^"]+)": (.+)$', re.M)
+
+def _fake_pair_question(question: str) -> tuple[str, str, dict] | None:
+    "The two classes of a pair question and its listed symptoms per class, or None for any other question."
+    m = _PAIR.search(question)
+    if m is None: return None
+    listed = {}
+    for cls, text in _LISTED.findall(question): listed.setdefault(cls, []).append(text.strip())
+    return m.group(1), m.group(2), listed
+
+def _fake_pair_findings(bank: dict, a: str, b: str, listed: dict, behaviour: str) -> dict[str, list[str]]:
+    "The findings per class (as the answer names them) of the pair question about `a` and `b`."
+    pair = frozenset({a, b})
+    found = {c: list(v) for c, v in bank[pair].items()} if pair in bank else \
+            {c: [s.format(other=o) for s in _FAKE_PAIR_GENERIC] for c, o in ((a, b), (b, a))}
+    if behaviour == 'echo':
+        for c in (a, b):
+            if listed.get(c): found[c] = [listed[c][0][:1].upper() + listed[c][0][1:] + '.'] + found.get(c, [])
+    if behaviour == 'wrong-class':
+        found[FAKE_LOOKALIKES.get(pair, 'another condition')] = found.pop(b, [])
+    return found
+
+# %% ../nbs/03b_llm_server.ipynb #cc33285e
+def _fake_pair_text(behaviour: str, a: str, b: str, found: dict[str, list[str]]) -> str:
+    "A pair answer's text for one of the answering behaviours: one list per class, as JSON or under headings."
+    if behaviour in ('empty', 'refusal'): return _fake_text(behaviour, f'{a} and {b}', [])
+    if behaviour == 'json': return json.dumps(found)
+    lists = '\n\n'.join(f'{c}:\n' + _fake_text('numbered' if behaviour == 'numbered' else 'bullets', c, v)
+                        for c, v in found.items())
+    if behaviour == 'prose':
+        return f'Sure! Here is how to tell {a} from {b}:\n\n{lists}\n\nOnly a doctor can make a diagnosis.'
+    return lists
+
+# %% ../nbs/03b_llm_server.ipynb #6d695a38
+def _fake_answer(answers: dict, pair_answers: dict, behaviour: str, question: str, nth: int, wants_json: bool) -> str:
+    "The text that answers `question`: from the pair bank for a pair question, else the class's findings."
+    shape = behaviour if behaviour in ('bullets', 'numbered', 'json', 'prose', 'empty', 'refusal') else \
+            ('json' if wants_json else 'bullets')   # auto, hang, echo, wrong-class: as the request asks
+    pair = _fake_pair_question(question)
+    if pair is None: return _fake_text(shape, *_fake_items(answers, question, nth))
+    a, b, listed = pair
+    return _fake_pair_text(shape, a, b, _fake_pair_findings(pair_answers, a, b, listed, behaviour))
 
 # %% ../nbs/03b_llm_server.ipynb #0f41d26e
 def _completion(text: str, n: int, model: str) -> dict:
@@ -113,11 +178,13 @@ class _FakeHandler(BaseHTTPRequestHandler):
 class FakeLLMServer:
     "A scripted OpenAI-compatible chat server on 127.0.0.1 for tests and teaching; it holds no language model."
     def __init__(self, script=(), default: str = 'auto', answers: dict | None = None, json_mode: bool = True,
-                 hang_s: float = 3.0, retry_after_s: float = 0.01, model: str = 'fake-llm'):
+                 hang_s: float = 3.0, retry_after_s: float = 0.01, model: str = 'fake-llm',
+                 pair_answers: dict | None = None):
         for b in (*script, default):
             if b not in FAKE_BEHAVIOURS: raise ValueError(f'unknown behaviour {b!r}: use one of {FAKE_BEHAVIOURS}')
         self.script, self.default, self.json_mode, self.model = deque(script), default, json_mode, model
         self.answers = FAKE_ANSWERS if answers is None else answers
+        self.pair_answers = FAKE_PAIR_ANSWERS if pair_answers is None else pair_answers
         self.hang_s, self.retry_after_s = min(float(hang_s), 30.0), retry_after_s  # hangs are bounded
         self.requests, self.bodies = 0, []   # every request received, and its JSON body (headers are not kept)
         self._seen, self._lock, self._httpd, self._thread = {}, threading.Lock(), None, None
@@ -164,7 +231,6 @@ class FakeLLMServer:
         if behaviour == '500':
             return h._send(500, {'error': {'message': 'the teaching server had a hiccup', 'type': 'server_error'}}, fast)
         if behaviour == 'hang': time.sleep(self.hang_s)
-        cls, items = _fake_items(self.answers, str(msgs[-1].get('content', '')), nth)
-        if behaviour in ('auto', 'hang'):
-            behaviour = 'json' if (body.get('response_format') or {}).get('type') == 'json_object' else 'bullets'
-        h._send(200, _completion(_fake_text(behaviour, cls, items), self.requests, self.model))
+        wants_json = (body.get('response_format') or {}).get('type') == 'json_object'
+        text = _fake_answer(self.answers, self.pair_answers, behaviour, str(msgs[-1].get('content', '')), nth, wants_json)
+        h._send(200, _completion(text, self.requests, self.model))

@@ -18,10 +18,9 @@ from .symptoms import save_symptoms
 from .clip import POCKET, DATA_SAMPLES, POCKET_CONFIG, Clip, encode_token_embeddings, encode_texts, register_config
 
 # %% auto #0
-__all__ = ['SIZE', 'COLOURS', 'SKIN', 'POSITIONS', 'SPOT_WORDS', 'PHRASES', 'POS_WORDS', 'MEAN', 'STD', 'PROBES', 'SYNTH_SETS',
-           'SYNTH_SYMPTOMS', 'draw_spot', 'draw_field', 'caption', 'sample_world_attrs', 'render', 'make_world',
-           'pretrain_pocket_clip', 'retrieval_accuracy', 'probe_accuracy', 'sample_derm_attrs', 'draw_chest',
-           'sample_cxr', 'synth_picture', 'synth_files', 'make_synth_set', 'compare_synth_set', 'write_synth_symptoms']
+__all__ = ['SIZE', 'COLOURS', 'SKIN', 'POSITIONS', 'SPOT_WORDS', 'PHRASES', 'POS_WORDS', 'MEAN', 'STD', 'PROBES', 'draw_spot',
+           'draw_field', 'draw_chest', 'caption', 'sample_world_attrs', 'render', 'make_world', 'pretrain_pocket_clip',
+           'retrieval_accuracy', 'probe_accuracy']
 
 # %% ../nbs/02a_pocket.ipynb #791777fa
 SIZE = 64
@@ -175,6 +174,64 @@ def draw_field(rng, patch=None, patch_pos='left', lines=0, base=None, oval=False
         img = np.where(inside > 0.5, img3[..., 0], img) if oval else img3[..., 0]
     if base: img = _bright_base(img, rng, base, inside if oval else 1)
     return np.clip(np.repeat(img[..., None], 3, -1), 0, 1)
+
+# %% ../nbs/02a_pocket.ipynb #542aebc9
+def _chest_fields(rng):
+    "A gray body with two dark oval fields: the picture, the fields' mask, and each field's (cx, cy, rx, ry, mask)."
+    body = rng.uniform(0.45, 0.65)
+    img = np.full((SIZE, SIZE), body, np.float32)
+    lung = np.zeros((SIZE, SIZE), np.float32)
+    cy = 30 + rng.uniform(-3, 3)
+    fields = []
+    for cx in (19 + rng.uniform(-2, 2), 45 + rng.uniform(-2, 2)):
+        rx, ry = rng.uniform(9, 12), rng.uniform(16, 20)
+        d = np.sqrt(((_XX - cx) / rx) ** 2 + ((_YY - cy) / ry) ** 2) - 1
+        m = _smoothstep_edge(d * rx, 1.2)
+        lung = np.maximum(lung, m); fields.append((cx, cy, rx, ry, m))
+    dark = rng.uniform(0.08, 0.2)
+    return img * (1 - lung) + dark * lung, lung, fields
+
+def _spine_and_ribs(img, lung, rng):
+    "`img` with a bright spine down the middle and faint rib-like lines across the fields."
+    spine = _smoothstep_edge(np.abs(_XX - 32) - rng.uniform(2, 3.5), 0.8)
+    img = np.maximum(img, spine * rng.uniform(0.7, 0.85))
+    for _ in range(int(rng.integers(3, 7))):  # rib-like thin lines across the fields
+        y0 = rng.uniform(12, 50); amp = rng.uniform(2, 5)
+        t = np.linspace(0, SIZE - 1, 300)
+        py = y0 + amp * np.cos((t - 32) / 20)
+        m = np.zeros((SIZE, SIZE), np.float32); m[np.clip(py.astype(int), 0, SIZE - 1), t.astype(int)] = 1
+        img = img + m * lung * rng.uniform(0.04, 0.08)
+    return img
+
+# %% ../nbs/02a_pocket.ipynb #69155d49
+def _chest_haze(img, rng, field, strong: bool):
+    "`img` with a hazy patch in one `field`: a strong one (pneumonia-like) or, unless `strong`, a faint one."
+    cx, cy, rx, ry, fm = field
+    px, py = cx + rng.uniform(-0.4, 0.4) * rx, cy + rng.uniform(-0.5, 0.5) * ry
+    s = rng.uniform(5, 9) if strong else rng.uniform(3, 5)
+    cloud = np.exp(-(((_XX - px) / s) ** 2 + ((_YY - py) / (s * rng.uniform(0.8, 1.5))) ** 2))
+    cloud = cloud * (0.55 + 0.7 * _smooth_noise(rng, 5))
+    return img + (rng.uniform(0.4, 0.65) if strong else rng.uniform(0.1, 0.2)) * cloud * fm
+
+def _chest_base(img, rng, field):
+    "`img` with a bright region at the bottom of one `field`, its upper edge curved."
+    cx, cy, rx, ry, fm = field
+    level = cy + ry * rng.uniform(0.35, 0.6)
+    edge = level - rng.uniform(3, 6) * np.cos((np.arange(SIZE) - cx) / rx * 1.3)
+    m = _smoothstep_edge(edge[None, :] - _YY, 1.0) * fm
+    return img * (1 - m) + rng.uniform(0.55, 0.75) * m
+
+# %% ../nbs/02a_pocket.ipynb #4b9c8d3f
+def draw_chest(rng, patch=False, base=None, faint=False) -> np.ndarray:
+    "A chest-film-like grayscale picture: two dark fields, a bright spine, thin lines; optionally a hazy patch in one field."
+    img, lung, fields = _chest_fields(rng)
+    img = _spine_and_ribs(img, lung, rng)
+    field = fields[int(rng.integers(2))]                  # the side that gets the findings
+    if patch or faint: img = _chest_haze(img, rng, field, strong=patch)
+    if base: img = _chest_base(img, rng, field)
+    img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 0.025, (SIZE, SIZE))
+    return np.clip(np.repeat(img[..., None], 3, -1), 0, 1).astype(np.float32)
+
 
 # %% ../nbs/02a_pocket.ipynb #82cfc217
 SPOT_WORDS = ['spot', 'spot', 'blob', 'mark']
@@ -391,170 +448,4 @@ def probe_accuracy(clip: Clip, n: int = 600, seed: int = 12345) -> dict[str, flo
         pred = (img @ encode_texts(clip, list(values.values())).T).argmax(1).tolist()
         truth = [attrs[i][name] if name != 'colours' else ('one' if len(attrs[i]['colours']) == 1 else 'several') for i in keep]
         out[name] = float(np.mean([list(values)[p] == t for p, t in zip(pred, truth)]))
-    return out
-
-# %% ../nbs/02a_pocket.ipynb #af785020
-def sample_derm_attrs(label: int, rng) -> dict:
-    "Look of one derm-synth lesion: label 0 melanoma-like, 1 nevus-like (each feature follows the class in most pictures)."
-    mel = label == 0
-    shape = 'lopsided' if rng.random() < (0.95 if mel else 0.05) else 'symmetric'
-    edges = str(rng.choice(['smooth', 'jagged', 'blurry'], p=[0.05, 0.5, 0.45] if mel else [0.95, 0.03, 0.02]))
-    if rng.random() < (0.9 if mel else 0.05):
-        cols = [str(c) for c in rng.choice(['brown', 'black', 'blue', 'red', 'white', 'tan'], int(rng.integers(2, 4)), replace=False)]
-    else:
-        cols = [str(rng.choice(['brown', 'tan', 'black'], p=[0.45, 0.35, 0.2] if not mel else [0.5, 0.2, 0.3]))]
-    return dict(kind='spot', shape=shape, edges=edges, colours=cols, dots=bool(rng.random() < (0.75 if mel else 0.08)),
-                redness=bool(rng.random() < (0.2 if mel else 0.4)), position=str(rng.choice(list(POSITIONS))),
-                hair=int(rng.random() < 0.1) * int(rng.integers(1, 4)))
-
-# %% ../nbs/02a_pocket.ipynb #542aebc9
-def _chest_fields(rng):
-    "A gray body with two dark oval fields: the picture, the fields' mask, and each field's (cx, cy, rx, ry, mask)."
-    body = rng.uniform(0.45, 0.65)
-    img = np.full((SIZE, SIZE), body, np.float32)
-    lung = np.zeros((SIZE, SIZE), np.float32)
-    cy = 30 + rng.uniform(-3, 3)
-    fields = []
-    for cx in (19 + rng.uniform(-2, 2), 45 + rng.uniform(-2, 2)):
-        rx, ry = rng.uniform(9, 12), rng.uniform(16, 20)
-        d = np.sqrt(((_XX - cx) / rx) ** 2 + ((_YY - cy) / ry) ** 2) - 1
-        m = _smoothstep_edge(d * rx, 1.2)
-        lung = np.maximum(lung, m); fields.append((cx, cy, rx, ry, m))
-    dark = rng.uniform(0.08, 0.2)
-    return img * (1 - lung) + dark * lung, lung, fields
-
-def _spine_and_ribs(img, lung, rng):
-    "`img` with a bright spine down the middle and faint rib-like lines across the fields."
-    spine = _smoothstep_edge(np.abs(_XX - 32) - rng.uniform(2, 3.5), 0.8)
-    img = np.maximum(img, spine * rng.uniform(0.7, 0.85))
-    for _ in range(int(rng.integers(3, 7))):  # rib-like thin lines across the fields
-        y0 = rng.uniform(12, 50); amp = rng.uniform(2, 5)
-        t = np.linspace(0, SIZE - 1, 300)
-        py = y0 + amp * np.cos((t - 32) / 20)
-        m = np.zeros((SIZE, SIZE), np.float32); m[np.clip(py.astype(int), 0, SIZE - 1), t.astype(int)] = 1
-        img = img + m * lung * rng.uniform(0.04, 0.08)
-    return img
-
-# %% ../nbs/02a_pocket.ipynb #69155d49
-def _chest_haze(img, rng, field, strong: bool):
-    "`img` with a hazy patch in one `field`: a strong one (pneumonia-like) or, unless `strong`, a faint one."
-    cx, cy, rx, ry, fm = field
-    px, py = cx + rng.uniform(-0.4, 0.4) * rx, cy + rng.uniform(-0.5, 0.5) * ry
-    s = rng.uniform(5, 9) if strong else rng.uniform(3, 5)
-    cloud = np.exp(-(((_XX - px) / s) ** 2 + ((_YY - py) / (s * rng.uniform(0.8, 1.5))) ** 2))
-    cloud = cloud * (0.55 + 0.7 * _smooth_noise(rng, 5))
-    return img + (rng.uniform(0.4, 0.65) if strong else rng.uniform(0.1, 0.2)) * cloud * fm
-
-def _chest_base(img, rng, field):
-    "`img` with a bright region at the bottom of one `field`, its upper edge curved."
-    cx, cy, rx, ry, fm = field
-    level = cy + ry * rng.uniform(0.35, 0.6)
-    edge = level - rng.uniform(3, 6) * np.cos((np.arange(SIZE) - cx) / rx * 1.3)
-    m = _smoothstep_edge(edge[None, :] - _YY, 1.0) * fm
-    return img * (1 - m) + rng.uniform(0.55, 0.75) * m
-
-# %% ../nbs/02a_pocket.ipynb #4b9c8d3f
-def draw_chest(rng, patch=False, base=None, faint=False) -> np.ndarray:
-    "A chest-film-like grayscale picture: two dark fields, a bright spine, thin lines; optionally a hazy patch in one field."
-    img, lung, fields = _chest_fields(rng)
-    img = _spine_and_ribs(img, lung, rng)
-    field = fields[int(rng.integers(2))]                  # the side that gets the findings
-    if patch or faint: img = _chest_haze(img, rng, field, strong=patch)
-    if base: img = _chest_base(img, rng, field)
-    img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 0.025, (SIZE, SIZE))
-    return np.clip(np.repeat(img[..., None], 3, -1), 0, 1).astype(np.float32)
-
-def sample_cxr(label: int, rng) -> np.ndarray:
-    "One cxr-synth picture: label 0 normal-like, 1 pneumonia-like."
-    if label == 1:
-        patch = rng.random() < 0.95
-        base = 'curved' if (rng.random() < (0.35 if patch else 1.0)) else None
-        return draw_chest(rng, patch=patch, base=base)
-    return draw_chest(rng, faint=rng.random() < 0.15)
-
-# %% ../nbs/02a_pocket.ipynb #108b6b45
-SYNTH_SETS = {  # name -> classes (label order) and images per class in each split
-    'derm-synth': dict(classes=['melanoma', 'nevus'], sizes={'train': (160, 240), 'val': (80, 120), 'test': (160, 240)}),
-    'cxr-synth': dict(classes=['normal lung', 'pneumonia'], sizes={'train': (160, 240), 'val': (80, 120), 'test': (160, 240)}),
-}
-_SPLITS = ('train', 'val', 'test')
-
-def synth_picture(name: str, split: str, i: int, label: int, seed: int = 0, label_noise: float = 0.08) -> np.ndarray:
-    "Picture `i` (uint8, 64x64x3) of class `label` in `split` of the synthetic set `name`."
-    rng = np.random.default_rng([seed, list(SYNTH_SETS).index(name), _SPLITS.index(split), i])
-    drawn = 1 - label if rng.random() < label_noise else label   # a wrong label, on purpose
-    if name == 'derm-synth': pic = render(sample_derm_attrs(drawn, rng), rng)
-    elif name == 'cxr-synth': pic = sample_cxr(drawn, rng)
-    else: raise VipError(f'unknown synthetic set {name!r}: use one of {list(SYNTH_SETS)}')
-    return (pic * 255).round().astype(np.uint8)
-
-
-# %% ../nbs/02a_pocket.ipynb #7f199057
-def synth_files(name: str):
-    "(split, class, index, label, relative path) of every picture of the set `name`."
-    spec = SYNTH_SETS[name]
-    i = 0
-    for split in _SPLITS:
-        for label, (c, k) in enumerate(zip(spec['classes'], spec['sizes'][split])):
-            for _ in range(k):
-                yield split, c, i, label, f'{split}/{c}/{name}-{i:04d}.png'
-                i += 1
-
-def make_synth_set(name: str, root: str | Path, seed: int = 0) -> Path:
-    "Write the synthetic set `name` as `root/name/{train,val,test}/<class>/*.png`; never into an existing folder."
-    out = Path(root)/name
-    if out.exists(): raise VipError(f'{out} already exists: choose another root, or remove it yourself')
-    for split, c, i, label, rel in synth_files(name):
-        (out/rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(synth_picture(name, split, i, label, seed)).save(out/rel)
-    return out
-
-
-# %% ../nbs/02a_pocket.ipynb #0edd1c1f
-def compare_synth_set(name: str, root: str | Path = DATA_SAMPLES, step: int = 1) -> dict:
-    "Redraw every `step`-th picture of set `name` and compare its pixels with the files under `root`."
-    files = list(synth_files(name))[::step]
-    off, worst, values = 0, 0, 0
-    for split, c, i, label, rel in files:
-        path = Path(root)/name/rel
-        if not path.is_file(): raise VipError(f'{path} is missing: restore data_samples/ from the repository')
-        want = synth_picture(name, split, i, label).astype(np.int16)         # (64, 64, 3)
-        got = np.asarray(Image.open(path).convert('RGB'), dtype=np.int16)     # (64, 64, 3)
-        if got.shape != want.shape: raise VipError(f'{path} is {got.shape[1]}x{got.shape[0]}, not 64x64: restore it')
-        diff = np.abs(got - want)
-        off, worst, values = off + int((diff > 0).sum()), max(worst, int(diff.max())), values + diff.size
-    return dict(files=len(files), values=values, values_off=off, max_off=worst)
-
-# %% ../nbs/02a_pocket.ipynb #afc263dc
-SYNTH_SYMPTOMS = {  # set -> class -> [(plain visual wording, medical wording)]
-    'derm-synth': {
-        'melanoma': [('the spot is lopsided, not the same on both sides', 'asymmetric pigmented lesion'),
-                     ('the spot has jagged or blurry edges', 'irregular, poorly circumscribed border'),
-                     ('the spot has several colours, like brown, black and blue', 'variegated pigmentation with a blue-white veil'),
-                     ('small dark dots inside the spot', 'atypical dots and globules')],
-        'nevus': [('the spot is symmetric and round', 'symmetric melanocytic lesion'),
-                  ('the spot has smooth, clear edges', 'regular, well-circumscribed border'),
-                  ('the spot has one even brown or tan colour', 'uniform pigmentation'),
-                  ('redness around the spot', 'perilesional erythema')]},
-    'cxr-synth': {
-        'normal lung': [('two clear dark fields', 'clear lung fields bilaterally'),
-                        ('thin bright lines on a dark field', 'normal bronchovascular markings'),
-                        ('an even, dark field with nothing in it', 'no focal consolidation'),
-                        ('the dark fields have clean, sharp lower edges', 'sharp costophrenic angles')],
-        'pneumonia': [('a hazy white patch in one dark field', 'focal airspace consolidation'),
-                      ('a cloudy bright patch on one side', 'patchy unilateral opacity'),
-                      ('a bright region at the bottom with a curved upper edge', 'pleural effusion with a meniscus sign'),
-                      ('a blurry bright patch with soft edges', 'ill-defined infiltrate')]},
-}
-
-# %% ../nbs/02a_pocket.ipynb #836a4fee
-def write_synth_symptoms(folder: str | Path, overwrite: bool = False) -> list[Path]:
-    "Write `<set>.json` (plain wording, medical as original) and `<set>_medical.json` for both synthetic sets."
-    meta = {'source': 'written by hand by the vip developers for a synthetic teaching set (not medical advice)'}
-    out = []
-    for name, spec in SYNTH_SYMPTOMS.items():
-        plain = {c: [{'text': p, 'original': m} for p, m in v] for c, v in spec.items()}
-        medical = {c: [m for _, m in v] for c, v in spec.items()}
-        out.append(save_symptoms(Path(folder)/f'{name}.json', plain, meta | {'wording': 'plain'}, overwrite=overwrite))
-        out.append(save_symptoms(Path(folder)/f'{name}_medical.json', medical, meta | {'wording': 'medical'}, overwrite=overwrite))
     return out
