@@ -6,18 +6,20 @@
 from __future__ import annotations
 import argparse, json, os, signal, sys, threading, time
 from dataclasses import fields
+from pathlib import Path
 
 import torch
 
 from .core import VipError, get_device, atomic_write
 from .train import TrainConfig, METHODS
-from .run import fit, evaluate_run, FitResult, RunInterrupted
+from .run import fit, evaluate_run, load_run, FitResult, RunInterrupted
 from .compare import compare, comparison_table
 from .bench import run_bench, format_results, auto_threads, bench_throughput, bench_memory
 from .clip import Clip, load_clip
 from .baselines import CoCoOp
 from .evaluate import format_table
 from .symptoms import one_line
+from .grounding import find_attributes, run_attributes, ground_run, format_grounding
 
 # %% auto #0
 __all__ = ['OneLineParser', 'train_parser', 'fail', 'run_command', 'train_main', 'main', 'eval_main', 'eval_cli', 'compare_main',
@@ -101,17 +103,40 @@ def _report_fit(res: FitResult) -> int:
     print(f"(percent, test split; {res.seconds:.0f} s)  run folder: {res.run_dir}")
     return 0
 
+def _add_attributes(p: argparse.ArgumentParser):
+    p.add_argument('--attributes', default='auto', metavar='auto|none|FILE',
+                   help="score ViP's explanations against annotations (10a_grounding): auto (the symptom file's "
+                        "<stem>_attributes.json and its table, when both exist), none, or a mapping FILE (default: auto)")
+
+def _check_attributes(resume: str | None, opts: dict, attributes: str):
+    "Before any work: the mapping a run would be scored with is usable (one-line error if not)."
+    if str(attributes).lower() == 'none': return
+    if resume:
+        if not (Path(resume)/'config.json').is_file(): return      # fit says what is wrong with the folder
+        opts = json.loads((Path(resume)/'config.json').read_text())
+    cfg = TrainConfig(**opts).resolved().check()
+    find_attributes(cfg.symptoms, cfg.data, attributes, 'test', vip='vip' in cfg.methods())
+
+def _report_grounding(out: dict | None):
+    if out is not None: print(format_grounding(out))
+
 def train_main(argv: list[str] | None = None) -> int:
     "Command `vip_train`: train and evaluate; prints a table of test metrics. Exit status 2 on bad input."
-    args = train_parser().parse_args(argv)
+    p = train_parser(); _add_attributes(p)
+    args = p.parse_args(argv)
     opts = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     def body():
         changed = [k for k, v in opts.items() if v != getattr(TrainConfig(), k)]
         if args.resume and changed:
             raise VipError(f'--resume continues a run with the options in its config.json, so --{changed[0]} would be '
                            f'ignored: drop it, or start a new run with it')
-        if args.resume: return _report_fit(fit(resume=args.resume, stop_after=args.stop_after, progress=not args.quiet))
-        return _report_fit(fit(TrainConfig(**opts), stop_after=args.stop_after, progress=not args.quiet))
+        _check_attributes(args.resume, opts, args.attributes)
+        if args.resume: res = fit(resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
+        else: res = fit(TrainConfig(**opts), stop_after=args.stop_after, progress=not args.quiet)
+        code = _report_fit(res)
+        if res.finished and res.run_dir is not None and 'vip' in res.modules:   # explanations against annotations
+            _report_grounding(ground_run(res.run_dir, res.modules['vip'], args.attributes, progress=not args.quiet))
+        return code
     return run_command('vip_train', body)
 
 def main(): sys.exit(train_main())
@@ -126,10 +151,16 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument('--split_file', default=None, help='a split file for --data')
     p.add_argument('--skip_unreadable', type=_parse_bool, default=None,
                    help="leave out images that cannot be read, with a warning (default: the run's own setting)")
+    _add_attributes(p)
     args = p.parse_args(argv)
     def body():
+        run_dir = Path(args.run_dir)
+        found = run_attributes(run_dir, args.attributes, args.data, args.split) if (run_dir/'metrics.json').is_file() else None
         res = evaluate_run(args.run_dir, args.data, args.split, args.split_file, skip_unreadable=args.skip_unreadable)
         print(_table(res)); print(f"written to {res['path']}")
+        if found is not None:                                                  # explanations against annotations
+            _report_grounding(ground_run(run_dir, load_run(run_dir)[0], args.attributes, args.data, args.split,
+                                         args.split_file, name=f"explanations_grounded-{res['dataset']}-{args.split}"))
         return 0
     return run_command('vip_eval', body)
 
