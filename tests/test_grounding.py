@@ -147,11 +147,11 @@ def _derm7pt(root: Path) -> Path:
     return rel
 
 
-def test_derm7pt_checklist_on_a_stand_in(tmp_path):
+def test_derm7pt_attributes_on_a_stand_in(tmp_path):
     rel = _derm7pt(tmp_path/'download')
     write_split(prepare_derm7pt(tmp_path/'download'), tmp_path/'split.json')
     code, stdout, err = _train(tmp_path/'download', tmp_path/'runs', 'd7', '--split_file', str(tmp_path/'split.json'),
-                               '--attributes', str(DATA_SAMPLES/'symptoms'/'derm7pt_checklist.json'),
+                               '--attributes', str(DATA_SAMPLES/'symptoms'/'derm7pt_attributes.json'),
                                symptoms=DATA_SAMPLES/'symptoms'/'derm7pt.json')
     assert code == 0, err
     assert 'explanations against meta.csv (4 images)' in stdout
@@ -163,11 +163,11 @@ def test_derm7pt_checklist_on_a_stand_in(tmp_path):
     assert asym['symptom'].startswith('The two halves') and (asym['present'], asym['absent']) == (1, 3)
     net = vip['symptoms'][7]                                         # typical pigment network: the second and third
     assert net['symptom'].startswith('A fine, regular net') and (net['present'], net['absent']) == (2, 2)
-    assert 'derm7pt_checklist.json' in g['attributes'] and g['annotations'].endswith('meta.csv')
+    assert 'derm7pt_attributes.json' in g['attributes'] and g['annotations'].endswith('meta.csv')
 
 
-def test_derm7pt_checklist_uses_the_release_names():
-    amap = load_attribute_map(DATA_SAMPLES/'symptoms'/'derm7pt_checklist.json', DATA_SAMPLES/'symptoms'/'derm7pt.json')
+def test_derm7pt_attributes_uses_the_release_names():
+    amap = load_attribute_map(DATA_SAMPLES/'symptoms'/'derm7pt_attributes.json', DATA_SAMPLES/'symptoms'/'derm7pt.json')
     assert len(amap.entries) == 8 and set(amap.columns()) <= set(CHECKLIST)
     assert all(e.get('note') for e in amap.entries.values())                      # every entry says how close it is
     assert (amap.meta['annotations'], amap.key) == ('meta/meta.csv', 'derm')

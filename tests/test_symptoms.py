@@ -15,7 +15,7 @@ from vip.clip import TINY, encode_texts, load_clip
 from vip.symptoms import check_symptoms, count_tokens, load_symptoms, read_symptom_file, save_symptoms
 from vip.llm import LLMClient, parse_symptoms
 from vip.llm_server import FakeLLMServer
-from vip.generate import Candidate, generate_symptoms, refine_symptoms
+from vip.generate import Candidate, differential_round, generate_symptoms, parse_differences, refine_symptoms
 from vip.cli import symptoms_main as main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -448,3 +448,104 @@ def test_clip_near_duplicates_are_merged():
     assert kept_first.votes == 2
     assert sum(x.dropped is None for x in out['melanoma']) == 2
     with pytest.raises(VipError, match='only 1 usable'): refine_symptoms(cands, n=2, clip=clip, threshold=-1.0)
+
+
+# ---------------------------------------------------------------- differential questions about confused pairs
+PAIR = [('melanoma', 'nevus')]
+
+
+def derm_synth():
+    "The hand-written plain-word symptom file of the synthetic derm-synth set: (entries, meta)."
+    return read_symptom_file(SAMPLES/'symptoms'/'derm-synth.json')
+
+
+def ask_pair(server, tmp_path, entries=None, meta=None, **kw):
+    entries, meta0 = derm_synth() if entries is None else (entries, meta)
+    client = LLMClient('fake-llm', base_url=server.base_url, cache_dir=tmp_path/'cache', timeout=2, max_retries=0)
+    return (*differential_round(entries, meta0, PAIR, client, modality='dermoscopic image', **kw), client)
+
+
+def dropped(meta, start):
+    return [d for d in meta['differential'][-1]['dropped'] if d['reason'].startswith(start)]
+
+
+def test_differential_round_adds_screened_answers_and_records_the_round(server, tmp_path):
+    entries, _ = derm_synth()
+    symptoms, meta, client = ask_pair(server, tmp_path, source='audit')
+    assert {c: symptoms[c][:4] for c in symptoms} == entries            # what the file had stays, first
+    assert [len(v) for v in symptoms.values()] == [6, 6]
+    bank = FakeLLMServer().pair_answers[frozenset(CLASSES)]
+    assert symptoms['melanoma'][4:] == bank['melanoma'][:2]             # no CLIP: the first usable answers win
+    rnd = meta['differential'][0]
+    assert (rnd['round'], rnd['pairs'], rnd['source'], rnd['model'], rnd['answers']) == (1, [list(CLASSES)], 'audit', 'fake-llm', 1)
+    assert rnd['template']['name'] == 'differential' and meta['date'] == rnd['date']
+    assert {d['text'] for d in dropped(meta, 'not visible')} == {'The spot has grown over the past months',
+                                                                'The patient has had it since childhood'}
+    veil = [d for d in rnd['dropped'] if 'veil' in d['text'] or 'blue-white' in d['text']]
+    assert veil[0]['text'] == 'A hazy blue-white patch over part of the spot'   # screened like a candidate: jargon rewritten
+    save_symptoms(tmp_path/'plus.json', symptoms, meta)
+    assert [len(v) for v in load_symptoms(tmp_path/'plus.json', CLASSES).values()] == [6, 6]
+    # a rerun from the cache asks nothing and writes the same file
+    again, meta2, client2 = ask_pair(server, tmp_path, source='audit')
+    assert client2.requests == 0 and client2.cache_hits == 1
+    save_symptoms(tmp_path/'plus2.json', again, meta2)
+    assert (tmp_path/'plus.json').read_bytes() == (tmp_path/'plus2.json').read_bytes()
+    # a second round is appended to the record
+    third, meta3, _ = ask_pair(server, tmp_path, entries=symptoms, meta=meta, k=3)
+    assert [r['round'] for r in meta3['differential']] == [1, 2]
+    assert [len(v) for v in third.values()] == [8, 7]        # the bank has one usable nevus answer left
+    assert len(dropped(meta3, 'repeats')) == 4              # the first round's additions are in the file now
+
+
+def test_differential_answer_repeating_a_symptom_is_not_added_twice(server, tmp_path):
+    server.push('echo')
+    symptoms, meta, _ = ask_pair(server, tmp_path)
+    repeats = dropped(meta, 'repeats')
+    assert [d['text'] for d in repeats] == ['The spot is lopsided, not the same on both sides', 'The spot is symmetric and round']
+    assert 'already in the file' in repeats[0]['reason']
+    texts = check_symptoms(symptoms)                     # would raise on a symptom twice in a class
+    assert sum(t.casefold() == 'the spot is lopsided, not the same on both sides' for t in texts['melanoma']) == 1
+    assert [len(v) for v in texts.values()] == [6, 6]
+
+
+def test_differential_answer_filed_under_another_class_is_rejected(server, tmp_path):
+    server.push('wrong-class')
+    symptoms, meta, _ = ask_pair(server, tmp_path)
+    wrong = [d for d in meta['differential'][0]['dropped'] if d['class'] == 'dysplastic nevus']
+    assert len(wrong) == 4 and 'neither "melanoma" nor "nevus"' in wrong[0]['reason']
+    assert len(symptoms['nevus']) == 4 and len(symptoms['melanoma']) == 6   # nothing guessed into "nevus"
+
+
+def test_differential_answer_is_assigned_by_the_class_it_names(tmp_path):
+    bank = {frozenset(CLASSES): {'NEVUS': ['A single even colour'], 'The Melanoma.': ['Black dots near the edge']}}
+    with FakeLLMServer(pair_answers=bank) as srv:
+        symptoms, meta, _ = ask_pair(srv, tmp_path)
+    assert symptoms['nevus'][-1] == 'A single even colour' and symptoms['melanoma'][-1] == 'Black dots near the edge'
+    assert meta['differential'][0]['dropped'] == []
+
+
+def test_differential_refusal_is_one_line_and_not_cached(server, tmp_path):
+    server.push('refusal')
+    with pytest.raises(VipError, match='refused to tell "melanoma" and "nevus" apart') as e: ask_pair(server, tmp_path)
+    assert '\n' not in str(e.value) and cached_entries(tmp_path) == []
+    _, meta, client = ask_pair(server, tmp_path)           # asked again, and answered
+    assert client.requests == 1 and len(meta['differential'][0]['added']['nevus']) == 2
+
+
+def test_differential_without_json_mode_reads_headings(tmp_path):
+    with FakeLLMServer(json_mode=False) as srv:
+        symptoms, _, _ = ask_pair(srv, tmp_path)
+        assert 'response_format' not in srv.bodies[-1]
+    assert [len(v) for v in symptoms.values()] == [6, 6]
+    assert parse_differences('melanoma:\n- Dark dots\n\n**Nevus**:\n1. One colour') == {'melanoma': ['Dark dots'], 'Nevus': ['One colour']}
+
+
+@pytest.mark.parametrize('pairs, words', [([('melanoma', 'cat')], 'not a pair of two different classes'),
+                                          ([('nevus', 'nevus')], 'not a pair of two different classes'),
+                                          ([], 'no confused pairs')])
+def test_differential_bad_pairs_are_clear_errors(server, tmp_path, pairs, words):
+    entries, meta = derm_synth()
+    client = LLMClient('fake-llm', base_url=server.base_url)
+    with pytest.raises(VipError, match=words): differential_round(entries, meta, pairs, client, 'dermoscopic image')
+    with pytest.raises(VipError, match='modality is unknown'): differential_round(entries, meta, PAIR, client)
+    assert server.requests == 0

@@ -18,8 +18,9 @@ from .llm import VISUAL, Answer, LLMClient, Template, get_template, is_refusal, 
 
 # %% auto #0
 __all__ = ['PLAIN_WORDS', 'NON_VISUAL', 'DIFFERENTIAL', 'Candidate', 'generate_candidates', 'non_visual_term', 'rewrite_plain',
-           'separation_scores', 'refine_symptoms', 'kept_symptoms', 'GenerateOptions', 'generate_symptoms',
-           'PairTemplate', 'parse_differences', 'ask_differences', 'refine_additions', 'differential_round']
+           'separation_scores', 'refine_symptoms', 'kept_symptoms', 'GenerateOptions', 'describe_clip',
+           'generate_symptoms', 'PairTemplate', 'parse_differences', 'ask_differences', 'refine_additions',
+           'differential_round']
 
 # %% ../nbs/03c_generate.ipynb #f57fb5e3
 @dataclass
@@ -248,12 +249,15 @@ def _from_given(classes: list[str], given: dict) -> dict[str, list[Candidate]]:
     texts = check_symptoms(given, classes, n_ctx=0, what='given symptoms')
     return {c: [Candidate(x, order=i) for i, x in enumerate(texts[c])] for c in classes}
 
-def _clip_name(clip: Clip) -> str:
-    return f'{clip.name} ({clip.pretrained or "random weights"})'
+def describe_clip(clip: Clip) -> str:
+    "The CLIP as a symptom file's meta records it: architecture and weights (a weights file by its name, not its folder)."
+    w = clip.pretrained
+    if w and not w.startswith('hf-hub:') and ('/' in w or '\\' in w): w = Path(w).name   # no machine paths in meta
+    return f'{clip.name} ({w or "random weights"})'
 
 def _refine_meta(clip: Clip | None, o: GenerateOptions) -> dict:
     "What meta records of stage 2."
-    return {'clip': None if clip is None else _clip_name(clip), 'threshold': o.threshold,
+    return {'clip': None if clip is None else describe_clip(clip), 'threshold': o.threshold,
             'max_words': o.max_words, 'n_ctx': o.n_ctx,
             'glossary': 'vip PLAIN_WORDS' if o.glossary is None else f'custom ({len(o.glossary)} terms)'}
 
@@ -418,6 +422,7 @@ def differential_round(symptoms: dict, meta: dict | None, pairs, client: LLMClie
     o, meta = options or GenerateOptions(), dict(meta or {})
     texts = check_symptoms(symptoms, n_ctx=o.n_ctx, what='symptoms to extend')   # class -> prompt texts
     pairs = _check_pairs(pairs, list(texts))
+    if add < 1: raise VipError(f'add={add} new symptoms per class is too few: add at least 1')
     modality = modality or meta.get('modality')
     if not (modality or '').strip():
         raise VipError('the imaging modality is unknown (the symptom file does not record one): pass modality=, '
