@@ -23,8 +23,8 @@ from .grounding import find_attributes, run_attributes, ground_run, format_groun
 
 # %% auto #0
 __all__ = ['OneLineParser', 'train_parser', 'fail', 'run_command', 'train_main', 'main', 'eval_main', 'eval_cli', 'compare_main',
-           'compare_cli', 'bench_main', 'bench_cli', 'symptoms_parser', 'symptoms_main', 'symptoms_cli', 'data_parser',
-           'data_main', 'data_cli']
+           'compare_cli', 'bench_main', 'bench_cli', 'symptoms_parser', 'symptoms_main', 'symptoms_cli', 'audit_parser',
+           'audit_main', 'differential_parser', 'differential_main', 'data_parser', 'data_main', 'data_cli']
 
 # %% ../nbs/12_cli.ipynb #a0c9d9bc
 class OneLineParser(argparse.ArgumentParser):
@@ -261,38 +261,48 @@ from .llm import TEMPLATES, LLMClient, default_cache_dir
 from .symptoms import classes_from_folder, one_line, save_symptoms
 from .generate import GenerateOptions, generate_symptoms
 
+def _llm_options(p: argparse.ArgumentParser):
+    "The options that say which LLM answers, and how: model, server, cache, offline, timeout, retries."
+    p.add_argument('--model', default='gpt-4o-mini', help='model name on the server (default: %(default)s)')
+    p.add_argument('--base-url', '--base_url', dest='base_url', default=None, help='OpenAI-compatible API root, e.g. '
+                   'http://localhost:11434/v1 (default: $OPENAI_BASE_URL, then OpenAI)')
+    p.add_argument('--cache', default=None, metavar='DIR', help=f'answer cache (default: {default_cache_dir()})')
+    p.add_argument('--no-cache', action='store_true', help='do not read or write the cache')
+    p.add_argument('--offline', action='store_true', help='only replay cached answers; never send a request')
+    p.add_argument('--timeout', type=float, default=60.0, help='seconds to wait for one answer (default: %(default)s)')
+    p.add_argument('--retries', type=int, default=3, help='retries on timeouts, 429 and 5xx (default: %(default)s)')
+
+def _clip_options(p: argparse.ArgumentParser):
+    "The options of the CLIP that ranks the candidates, and of the room the prompts must leave."
+    p.add_argument('--clip', default='ViT-B/16', help='CLIP for near-duplicates and ranking, or "none" (default: %(default)s)')
+    p.add_argument('--pretrained', default='default', help='CLIP weights: tag, file, or "none" for random (default: %(default)s)')
+    p.add_argument('--threshold', type=float, default=0.95, help='CLIP similarity that counts as a near-duplicate (default: %(default)s)')
+    p.add_argument('--n-ctx', type=int, default=4, help='learned context tokens the prompts must leave room for (default: %(default)s)')
+
 def symptoms_parser() -> argparse.ArgumentParser:
     "The `vip_symptoms` argument parser."
     p = OneLineParser(prog='vip_symptoms', description='Ask an OpenAI-compatible LLM for the visual symptoms of each '
-                       'class and write a checked symptom file. The API key comes from OPENAI_API_KEY only.')
+                       'class and write a checked symptom file. The API key comes from OPENAI_API_KEY only.',
+                      epilog='Two more commands: "vip_symptoms audit" checks a symptom file on labelled images, and '
+                      '"vip_symptoms differential" asks about the classes an audit found confused (each has its --help).')
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--classes', nargs='+', metavar='CLASS', help='class names (quote names with spaces)')
     src.add_argument('--data', metavar='DIR', help='dataset folder: DIR/{train,val,test}/CLASS/* or DIR/CLASS/*')
     p.add_argument('--modality', required=True, help='imaging modality, e.g. "chest X-ray" or "dermoscopic image"')
     p.add_argument('-o', '--output', required=True, metavar='FILE', help='symptom file to write (JSON)')
     p.add_argument('--force', action='store_true', help='replace FILE if it exists')
-    p.add_argument('--model', default='gpt-4o-mini', help='model name on the server (default: %(default)s)')
     p.add_argument('-n', type=int, default=4, help='symptoms per class (default: %(default)s)')
     p.add_argument('--template', default='visual', choices=list(TEMPLATES), help='prompt template (default: %(default)s)')
     p.add_argument('--candidates', type=int, default=8, help='candidates asked for per question (default: %(default)s)')
-    p.add_argument('--base-url', default=None, help='OpenAI-compatible API root, e.g. http://localhost:11434/v1 '
-                   '(default: $OPENAI_BASE_URL, then OpenAI)')
-    p.add_argument('--cache', default=None, metavar='DIR', help=f'answer cache (default: {default_cache_dir()})')
-    p.add_argument('--no-cache', action='store_true', help='do not read or write the cache')
-    p.add_argument('--offline', action='store_true', help='only replay cached answers; never send a request')
-    p.add_argument('--timeout', type=float, default=60.0, help='seconds to wait for one answer (default: %(default)s)')
-    p.add_argument('--retries', type=int, default=3, help='retries on timeouts, 429 and 5xx (default: %(default)s)')
+    _llm_options(p)
     p.add_argument('--no-refine', action='store_true', help='keep the first N candidates as the LLM gave them')
-    p.add_argument('--clip', default='ViT-B/16', help='CLIP for near-duplicates and ranking, or "none" (default: %(default)s)')
-    p.add_argument('--pretrained', default='default', help='CLIP weights: tag, file, or "none" for random (default: %(default)s)')
-    p.add_argument('--threshold', type=float, default=0.95, help='CLIP similarity that counts as a near-duplicate (default: %(default)s)')
-    p.add_argument('--n-ctx', type=int, default=4, help='learned context tokens the prompts must leave room for (default: %(default)s)')
+    _clip_options(p)
     return p
 
 # %% ../nbs/12_cli.ipynb #192108d4
 def _refine_clip(args) -> Clip | None:
     "The CLIP that refining ranks with, or None (--no-refine, --clip none); open_clip's logging kept quiet."
-    if args.no_refine or args.clip.lower() == 'none': return None
+    if getattr(args, 'no_refine', False) or args.clip.lower() == 'none': return None
     seed_everything(0)  # random-weight backbones (vip-tiny, --pretrained none) give the same file every run
     root = logging.getLogger(); level = root.level
     root.setLevel(logging.CRITICAL)  # open_clip logs about weights; our one-line error (or the meta) says it
@@ -301,18 +311,25 @@ def _refine_clip(args) -> Clip | None:
         raise VipError(f'{e}; on the command line: --pretrained FILE, or --clip none to refine by text only') from None
     finally: root.setLevel(level)
 
+def _llm_client(args) -> LLMClient:
+    "The LLM client that the options of `_llm_options` describe."
+    if args.no_cache and args.offline: raise VipError('--offline replays the cache, so it cannot go with --no-cache')
+    return LLMClient(args.model, base_url=args.base_url, cache_dir=None if args.no_cache else (args.cache or default_cache_dir()),
+                     offline=args.offline, timeout=args.timeout, max_retries=args.retries)
+
 def symptoms_main(argv: list[str] | None = None) -> int:
-    "The `vip_symptoms` command: generate, refine, check and write a symptom file; 0 on success, 2 on failure."
+    "The `vip_symptoms` command: generate a symptom file, or `audit` or `differential` (first word); 0 or 2."
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:1] == ['audit']: return audit_main(argv[1:])                 # the two commands below
+    if argv[:1] == ['differential']: return differential_main(argv[1:])
     args = symptoms_parser().parse_args(argv)
     def body():
         classes = args.classes if args.classes else classes_from_folder(args.data)
         out = Path(args.output)
         if out.exists() and not args.force:
             raise VipError(f'{out} already exists: pass --force to replace it, or choose another file with -o')
-        if args.no_cache and args.offline: raise VipError('--offline replays the cache, so it cannot go with --no-cache')
+        client = _llm_client(args)
         clip = _refine_clip(args)
-        client = LLMClient(args.model, base_url=args.base_url, cache_dir=None if args.no_cache else (args.cache or default_cache_dir()),
-                           offline=args.offline, timeout=args.timeout, max_retries=args.retries)
         options = GenerateOptions(n=args.n, template=args.template, candidates=args.candidates, refine=not args.no_refine,
                                   threshold=args.threshold, n_ctx=args.n_ctx)
         symptoms, meta = generate_symptoms(classes, args.modality, client=client, options=options, clip=clip)
@@ -324,6 +341,173 @@ def symptoms_main(argv: list[str] | None = None) -> int:
     return run_command('vip_symptoms', body)
 
 def symptoms_cli(): sys.exit(symptoms_main())
+
+# %% ../nbs/12_cli.ipynb #6730081d
+import io
+from .train import BUNDLED_DATA
+from .audit import audit_folder, confused_pairs, format_audit, load_audit, plot_audit, save_audit
+
+def audit_parser() -> argparse.ArgumentParser:
+    "The `vip_symptoms audit` argument parser."
+    p = OneLineParser(prog='vip_symptoms audit', description="Check each symptom of a symptom file on labelled images "
+                      "(10b_audit): its AUC for its class, the classes it confuses, what leaving it out costs, and which "
+                      "symptoms say the same. Prints a table; --out writes the JSON report, --plot a picture.")
+    p.add_argument('--data', required=True, metavar='DIR', help='class-folder root (DIR/<split>/<class>/<images>) or a '
+                   f'bundled set ({", ".join(BUNDLED_DATA)})')
+    p.add_argument('--symptoms', required=True, metavar='FILE', help='the symptom file to audit (never written to)')
+    p.add_argument('--backbone', default=TrainConfig().backbone, help="CLIP backbone, as vip_train takes it (default: "
+                   "%(default)s, the bundled teaching model; for real images the one you train with, e.g. ViT-B/16)")
+    p.add_argument('--pretrained', default='default', help='weights: default, an open_clip tag, a file, or none for random '
+                   '(default: %(default)s)')
+    p.add_argument('--split', default='train', help='the split of DIR to audit (default: %(default)s; keep the test split unseen)')
+    p.add_argument('--k', type=int, default=None, help='images per class, drawn with --seed (default: all of the split)')
+    p.add_argument('--seed', type=int, default=1, help='seed of the draw of --k images (default: %(default)s)')
+    p.add_argument('--min_auc', type=float, default=0.6, help='below this AUC a symptom is flagged weak (default: %(default)s)')
+    p.add_argument('--max_corr', type=float, default=0.9, help='two symptoms whose image responses correlate above this '
+                   'are flagged redundant (default: %(default)s)')
+    p.add_argument('--out', metavar='FILE.json', default=None, help='also write the report as JSON (for load_audit and '
+                   'vip_symptoms differential --audit)')
+    p.add_argument('--plot', metavar='FILE.png', default=None, help="also draw every symptom's AUC (.png, .pdf, .svg, ...)")
+    p.add_argument('--force', action='store_true', help='replace the --out and --plot files if they exist')
+    return p
+
+# %% ../nbs/12_cli.ipynb #03a44571
+def _data_folder(data: str) -> Path:
+    "The folder of `--data`: a path, or a bundled set's name as `vip_train` resolves it; a one-line error if missing."
+    root = Path(TrainConfig(data=data).resolved().data)
+    if not root.is_dir():
+        raise VipError(f'data folder {data} not found: pass --data DIR (with <split>/<class>/ images) or a bundled set '
+                       f'({", ".join(BUNDLED_DATA)})')
+    return root
+
+def _check_output(path, force: bool, flag: str, inputs=()):
+    "Refuse, before any work, an output that is a folder, one of the `inputs`, or an existing file without --force."
+    if path is None: return
+    path = Path(path)
+    if path.is_dir(): raise VipError(f'{flag} {path} is a folder: give a file name')
+    if any(path.resolve() == Path(f).resolve() for f in inputs if f is not None):
+        raise VipError(f'{flag} {path} is an input of this command, which is never written over (not even with --force): '
+                       f'choose another file')
+    if path.exists() and not force:
+        raise VipError(f'{path} already exists: pass --force to replace it, or choose another file with {flag}')
+
+def _picture_format(path) -> str:
+    "The picture format that the suffix of a --plot file names, or a one-line error listing those matplotlib writes."
+    from matplotlib.backend_bases import FigureCanvasBase          # matplotlib only when a picture is asked for
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    fmt = Path(path).suffix.lstrip('.').lower()
+    if fmt not in kinds:
+        raise VipError(f'--plot {path}: end the file name with one of {", ".join("." + k for k in sorted(kinds))} '
+                       f'(such as audit.png)')
+    return fmt
+
+def _picture_bytes(fig, fmt: str) -> bytes:
+    "The figure `fig` as the bytes of a `fmt` file; the figure is closed."
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=150)
+    plt.close(fig)
+    return buf.getvalue()
+
+# %% ../nbs/12_cli.ipynb #19cc1f64
+def _check_audit_args(args) -> Path:
+    "Everything `vip_symptoms audit` can check before it reads an image; returns the data folder."
+    root = _data_folder(args.data)
+    if args.k is not None and args.k < 1: raise VipError(f'--k {args.k}: audit at least 1 image per class, or leave --k out (all)')
+    if not 0 <= args.min_auc <= 1: raise VipError(f'--min_auc {args.min_auc}: an AUC lies between 0 and 1 (chance: 0.5), e.g. 0.6')
+    if not -1 <= args.max_corr <= 1: raise VipError(f'--max_corr {args.max_corr}: a correlation lies between -1 and 1, e.g. 0.9')
+    if args.out and args.plot and Path(args.out).resolve() == Path(args.plot).resolve():
+        raise VipError('--out and --plot name the same file: give each its own')
+    for flag, path in (('--out', args.out), ('--plot', args.plot)): _check_output(path, args.force, flag, [args.symptoms])
+    if args.plot: _picture_format(args.plot)
+    return root
+
+def _next_step(args, pairs) -> str:
+    "What to run after an audit report is written."
+    if not pairs: return 'no two classes were confused'
+    return (f'most confused: {" and ".join(pairs[0])}; ask about them with: vip_symptoms differential '
+            f'--symptoms {args.symptoms} --audit {args.out} -o NEW.json')
+
+def audit_main(argv: list[str] | None = None) -> int:
+    "The `vip_symptoms audit` command: audit a symptom file on labelled images; 0 on success, 2 on bad input."
+    args = audit_parser().parse_args(argv)
+    def body():
+        root = _check_audit_args(args)
+        clip = load_clip(args.backbone, None if args.pretrained.lower() == 'none' else args.pretrained)
+        a = audit_folder(clip, root, args.symptoms, args.split, args.k, args.seed, args.min_auc, args.max_corr)
+        picture = _picture_bytes(plot_audit(a), _picture_format(args.plot)) if args.plot else None   # before any write
+        print(format_audit(a))
+        if args.out:
+            save_audit(a, args.out, overwrite=args.force)
+            print(f'wrote {args.out} ({_next_step(args, confused_pairs(a))})')
+        if args.plot: atomic_write(args.plot, picture); print(f'wrote {args.plot}')
+        return 0
+    return run_command('vip_symptoms audit', body)
+
+# %% ../nbs/12_cli.ipynb #48d6b0cf
+from .symptoms import read_symptom_file
+from .generate import differential_round
+
+def differential_parser() -> argparse.ArgumentParser:
+    "The `vip_symptoms differential` argument parser."
+    p = OneLineParser(prog='vip_symptoms differential', description='Ask an OpenAI-compatible LLM what one can see that '
+                      'tells confused classes apart (03c_generate), and write a new symptom file with the best answers '
+                      'added to each class. The API key comes from OPENAI_API_KEY only.')
+    p.add_argument('--symptoms', required=True, metavar='FILE', help='the symptom file to extend (never written to)')
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--audit', metavar='AUDIT.json', help='an audit report (vip_symptoms audit --out): ask about its '
+                     'most confused class pairs')
+    src.add_argument('--pair', nargs=2, action='append', metavar=('A', 'B'), help='ask about classes A and B (repeat '
+                     'for more pairs; quote names with spaces)')
+    p.add_argument('--pairs', type=int, default=None, metavar='K', help='with --audit: its K most confused pairs (default: 1)')
+    p.add_argument('--modality', default=None, help='imaging modality, e.g. "dermoscopic image" (default: the one the '
+                   'symptom file records)')
+    p.add_argument('-o', '--output', required=True, metavar='OUT', help='the extended symptom file to write (JSON)')
+    p.add_argument('--force', action='store_true', help='replace OUT if it exists (never the symptom file or the audit)')
+    p.add_argument('--add', type=int, default=2, help='new symptoms kept per class (default: %(default)s)')
+    p.add_argument('-k', type=int, default=4, help='findings asked for per class of each pair (default: %(default)s)')
+    _llm_options(p)
+    _clip_options(p)
+    return p
+
+# %% ../nbs/12_cli.ipynb #7ede8a21
+def _asked_pairs(args) -> tuple[list[tuple[str, str]], str]:
+    "The class pairs to ask about, and where they came from (for the round's record)."
+    if args.pair:
+        if args.pairs is not None: raise VipError('--pairs counts the pairs taken from --audit: with --pair, leave it out')
+        return [tuple(p) for p in args.pair], 'given (--pair)'
+    k = 1 if args.pairs is None else args.pairs
+    if k < 1: raise VipError(f'--pairs {k}: ask about at least 1 pair')
+    if not Path(args.audit).is_file():
+        raise VipError(f'audit report {args.audit} not found: write one with vip_symptoms audit ... --out FILE.json')
+    a = load_audit(args.audit)
+    pairs = confused_pairs(a, k=k)
+    if not pairs: raise VipError(f'the audit {args.audit} found no two classes confused: pass --pair A B to ask anyway')
+    of = ' of {symptom_file} on {data} ({split})'.format(**a.info) if {'symptom_file', 'data', 'split'} <= set(a.info) else ''
+    return pairs, f'audit {Path(args.audit).name}{of}'
+
+def differential_main(argv: list[str] | None = None) -> int:
+    "The `vip_symptoms differential` command: one round of differential questions, a new symptom file; 0 or 2."
+    args = differential_parser().parse_args(argv)
+    def body():
+        entries, meta = read_symptom_file(args.symptoms)
+        _check_output(args.output, args.force, '-o', [args.symptoms, args.audit])
+        if args.add < 1: raise VipError(f'--add {args.add}: add at least 1 new symptom per class')
+        pairs, source = _asked_pairs(args)
+        modality = args.modality or meta.get('modality')
+        if not (modality or '').strip():
+            raise VipError(f'{Path(args.symptoms).name} records no imaging modality: pass --modality, such as "dermoscopic image"')
+        client, clip = _llm_client(args), _refine_clip(args)
+        symptoms, meta = differential_round(entries, meta, pairs, client, modality, clip, GenerateOptions(
+            threshold=args.threshold, n_ctx=args.n_ctx), args.add, args.k, source=source)
+        save_symptoms(args.output, symptoms, meta, overwrite=args.force,
+                      tokenizer=None if clip is None else clip.tokenizer, n_ctx=args.n_ctx)
+        rnd = meta['differential'][-1]
+        print(f'wrote {args.output}: round {rnd["round"]} about {"; ".join(" and ".join(p) for p in pairs)} ({source}): '
+              f'added {", ".join(f"{len(v)} to {c}" for c, v in rnd["added"].items())}; {len(rnd["dropped"])} findings '
+              f'not added, with reasons in its meta ({client.requests} requests, {client.cache_hits} answers from the cache)')
+        return 0
+    return run_command('vip_symptoms differential', body)
 
 # %% ../nbs/12_cli.ipynb #c9571297
 from .data import read_split_file, split_classes, split_entries

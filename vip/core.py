@@ -12,7 +12,7 @@ import torch
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'VipError', 'get_device', 'autocast_dtype', 'autocast', 'grad_scaler', 'seed_everything',
-           'check_run_name', 'make_run_dir', 'check_classes', 'atomic_write', 'count_forwards']
+           'check_run_name', 'make_run_dir', 'check_classes', 'atomic_write', 'count_forwards', 'figure_problems']
 
 # %% ../nbs/00_core.ipynb #5f69c57f
 class VipError(Exception):
@@ -163,3 +163,16 @@ class count_forwards(contextlib.AbstractContextManager):
         self._hook = torch.nn.modules.module.register_module_forward_hook(self._add)   # sees every module's forward
         return self
     def __exit__(self, *exc): self._hook.remove()
+
+# %% ../nbs/00_core.ipynb #d0b6f94e
+def figure_problems(fig, pad: float = 1.0) -> list[str]:
+    "Pairs of visible text labels of a matplotlib `fig` that overlap, and labels outside its canvas, in words."
+    from matplotlib.text import Text
+    fig.canvas.draw()
+    r, canvas = fig.canvas.get_renderer(), fig.bbox
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    boxes = [(t.get_text().strip().replace('\n', ' ')[:40], t.get_window_extent(r).expanded(1, 1).padded(-pad)) for t in texts]
+    out = [f'{a!r} overlaps {b!r}' for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
+    out += [f'{a!r} falls outside the figure' for a, b in boxes
+            if b.x0 < canvas.x0 - pad or b.y0 < canvas.y0 - pad or b.x1 > canvas.x1 + pad or b.y1 > canvas.y1 + pad]
+    return out

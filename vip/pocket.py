@@ -12,15 +12,16 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from .core import VipError, atomic_write
 from .symptoms import save_symptoms
 from .clip import POCKET, DATA_SAMPLES, POCKET_CONFIG, Clip, encode_token_embeddings, encode_texts, register_config
 
 # %% auto #0
-__all__ = ['SIZE', 'COLOURS', 'SKIN', 'POSITIONS', 'SPOT_WORDS', 'PHRASES', 'POS_WORDS', 'MEAN', 'STD', 'PROBES', 'draw_spot',
-           'draw_field', 'draw_chest', 'caption', 'sample_world_attrs', 'render', 'make_world', 'pretrain_pocket_clip',
-           'retrieval_accuracy', 'probe_accuracy']
+__all__ = ['SIZE', 'COLOURS', 'SKIN', 'POSITIONS', 'SPOT_WORDS', 'PHRASES', 'POS_WORDS', 'MEAN', 'STD', 'ABSENT_PHRASES', 'TWINS',
+           'PROBES', 'draw_spot', 'draw_field', 'draw_chest', 'caption', 'sample_world_attrs', 'render', 'make_world',
+           'pretrain_pocket_clip', 'caption_pair', 'refine_pocket_clip', 'retrieval_accuracy', 'probe_auc']
 
 # %% ../nbs/02a_pocket.ipynb #791777fa
 SIZE = 64
@@ -380,20 +381,23 @@ def _optimizer(model, lr: float, steps: int, warm: int = 100):
                                               0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
     return opt, sched
 
-def _contrastive_loss(model, tok, loss_fn, captions: list[str], pics: np.ndarray) -> torch.Tensor:
+def _contrastive_loss(model, tok, loss_fn, captions: list[str], pics: np.ndarray, device='cpu') -> torch.Tensor:
     "CLIP's symmetric loss on a batch of pictures (B, 64, 64, 3) and their captions."
-    ids = tok(captions)                                                # (B, 77)
+    ids = tok(captions).to(device)                                     # (B, 77)
     eot = ids.argmax(-1); L = int(eot.max()) + 1
-    img_f = F.normalize(model.encode_image(_to_tensor(pics)), dim=-1)                                   # (B, D)
+    img_f = F.normalize(model.encode_image(_to_tensor(pics).to(device)), dim=-1)                        # (B, D)
     txt_f = F.normalize(encode_token_embeddings(model, model.token_embedding(ids[:, :L]), eot), dim=-1)  # (B, D)
     return loss_fn(img_f, txt_f, model.logit_scale.exp())
 
 # %% ../nbs/02a_pocket.ipynb #99b91c65
 def pretrain_pocket_clip(out: str | Path, steps: int = 1400, batch_size: int = 256, n_world: int = 40_000,
-                         lr: float = 5e-4, seed: int = 0, log_every: int = 100) -> Path:
-    "Train the pocket CLIP on the picture world from scratch and save it as float16 safetensors at `out`."
+                         lr: float = 5e-4, seed: int = 0, log_every: int = 100, scale: float | None = 100.0,
+                         device: str = 'auto') -> Path:
+    "Train the pocket CLIP on the picture world from scratch; save it as float16 safetensors, its logit scale set to `scale`."
     from safetensors.torch import save
+    device = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
     model, tok = _pocket_model(seed)
+    model.to(device)
     attrs, pics = make_world(n_world, seed)
     opt, sched = _optimizer(model, lr, steps)
     loss_fn, rng, t0 = open_clip.ClipLoss(), np.random.default_rng(seed + 1), time.time()
@@ -401,14 +405,141 @@ def pretrain_pocket_clip(out: str | Path, steps: int = 1400, batch_size: int = 2
     for step in range(steps):
         # forward: a batch of world pictures, their captions drawn afresh
         idx = rng.choice(len(attrs), batch_size, replace=False)
-        loss = _contrastive_loss(model, tok, loss_fn, [caption(attrs[i], rng) for i in idx], pics[idx])
+        loss = _contrastive_loss(model, tok, loss_fn, [caption(attrs[i], rng) for i in idx], pics[idx], device)
         # backward, step, and keep the logit scale at most 100
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
         with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
         # log
         if step % log_every == 0 or step == steps - 1:
             print(f'step {step:5d}  loss {loss.item():.3f}  {time.time() - t0:6.0f} s', flush=True)
-    sd = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
+    return _save_pocket(model, out, scale)
+
+def _save_pocket(model, out: str | Path, scale: float | None) -> Path:
+    "Write `model` as float16 safetensors at `out`, its logit scale first set to `scale` (None: as learned)."
+    from safetensors.torch import save
+    if scale is not None:
+        with torch.no_grad(): model.logit_scale.fill_(math.log(scale))
+    sd = {k: v.detach().cpu().half().contiguous() for k, v in model.state_dict().items()}
+    return atomic_write(out, save(sd))
+
+# %% ../nbs/02a_pocket.ipynb #c87d19b5
+ABSENT_PHRASES = {  # what a caption may say about a look that is *not* there
+    'no_dots': ['no dots inside', 'the {o} is plain inside, without dots', 'nothing dark inside the {o}', 'no specks in the {o}'],
+    'no_redness': ['no redness around the {o}', 'the skin around it is clear', 'clean, plain skin around the {o}',
+                   'the skin around the {o} is not red'],
+    'no_patch': ['no bright patch', 'nothing bright in the dark field', 'the dark area is clear, without a patch', 'no hazy patch'],
+    'no_lines': ['no lines', 'without any thin lines', 'no stripes in the dark field'],
+    'no_base': ['nothing bright at the bottom', 'the bottom stays dark', 'a clean, sharp lower edge', 'no bright region at the bottom'],
+}
+TWINS = {  # a look -> the looks its twin caption may say instead
+    'symmetric': ['lopsided'], 'lopsided': ['symmetric'], 'smooth': ['jagged', 'blurry'], 'jagged': ['smooth', 'blurry'],
+    'blurry': ['smooth', 'jagged'], 'one': ['several'], 'several': ['one'], 'dots': ['no_dots'], 'no_dots': ['dots'],
+    'redness': ['no_redness'], 'no_redness': ['redness'], 'hazy': ['no_patch'], 'no_patch': ['hazy'], 'lines': ['no_lines'],
+    'no_lines': ['lines'], 'base_flat': ['base_curved', 'no_base'], 'base_curved': ['base_flat', 'no_base'],
+    'no_base': ['base_curved', 'base_flat'], 'plain_dark': ['hazy'],
+}
+
+# %% ../nbs/02a_pocket.ipynb #63642970
+def _say(rng, key, **kw) -> str:
+    "One phrasing of the look (or absence) `key`."
+    return str(rng.choice(PHRASES[key] if key in PHRASES else ABSENT_PHRASES[key])).format(**kw)
+
+def _colour_part(cols, rng, o) -> tuple[str, str]:
+    if len(cols) == 1: return 'one', _say(rng, 'one', c=cols[0], o=o)
+    return 'several', _say(rng, 'several', cs=', '.join(cols[:-1]) + ' and ' + cols[-1], o=o)
+
+def _spot_looks(a: dict, rng, o: str) -> list[tuple[str, str]]:
+    "(look, phrase) for most looks of a spot, absences included now and then."
+    out = [(k, _say(rng, k, o=o)) for k in (a['shape'], a['edges']) if rng.random() < 0.85]
+    if rng.random() < 0.85: out.append(_colour_part(a['colours'], rng, o))
+    for look in ('dots', 'redness'):
+        if a[look] and rng.random() < 0.9: out.append((look, _say(rng, look, o=o)))
+        elif not a[look] and rng.random() < 0.35: out.append(('no_' + look, _say(rng, 'no_' + look, o=o)))
+    if a['hair'] and rng.random() < 0.7: out.append(('hair', _say(rng, 'hair')))
+    if rng.random() < 0.4: out.append(('pos', _say(rng, 'pos', p=POS_WORDS[a['position']])))
+    return out or [(a['shape'], _say(rng, a['shape'], o=o))]
+
+# %% ../nbs/02a_pocket.ipynb #09be76db
+def _field_looks(a: dict, rng) -> list[tuple[str, str]]:
+    "(look, phrase) for most looks of a field picture, absences included now and then."
+    out = [('oval', _say(rng, 'oval'))] if a.get('oval') and rng.random() < 0.8 else []
+    if a['patch']:
+        p = _say(rng, 'hazy')
+        if a.get('oval') and rng.random() < 0.5: p += ' ' + _say(rng, 'inside')
+        elif rng.random() < 0.6: p += ' ' + _say(rng, 'pos', p=POS_WORDS[a['patch_pos']])
+        out.append(('hazy', p))
+    elif rng.random() < 0.35: out.append(('no_patch', _say(rng, 'no_patch')))
+    if a['lines'] and rng.random() < 0.9: out.append(('lines', _say(rng, 'lines')))
+    elif not a['lines'] and rng.random() < 0.3: out.append(('no_lines', _say(rng, 'no_lines')))
+    if a['base'] and rng.random() < 0.95: out.append(('base_' + a['base'], _say(rng, 'base_' + a['base'])))
+    elif not a['base'] and rng.random() < 0.3: out.append(('no_base', _say(rng, 'no_base')))
+    if all(k == 'oval' for k, _ in out): out.append(('plain_dark', _say(rng, 'plain_dark')))
+    elif rng.random() < 0.5: out.append(('dark', _say(rng, 'dark')))
+    return out
+
+# %% ../nbs/02a_pocket.ipynb #ab21ac1a
+def _twin_looks(attrs: dict, rng) -> tuple[list, list | None, str, str]:
+    "The (look, phrase) list of a caption, the same list with one look changed (or None), the glue and the opening."
+    o = str(rng.choice(SPOT_WORDS))
+    looks = _spot_looks(attrs, rng, o) if attrs['kind'] == 'spot' else _field_looks(attrs, rng)
+    if rng.random() < 0.25:                                     # a short caption: one or two looks
+        keep = rng.choice(len(looks), min(len(looks), int(rng.integers(1, 3))), replace=False)
+        looks = [looks[i] for i in sorted(keep)]
+    looks = [looks[i] for i in rng.permutation(len(looks))]
+    glue = str(rng.choice([', ', '. ', ', ', ' and ']))
+    head = str(rng.choice(['a picture of ', 'a photo showing ', 'here: ', 'an image with '])) if rng.random() < 0.3 else ''
+    hard = [i for i, (k, _) in enumerate(looks) if k in TWINS and k not in ABSENT_PHRASES and k not in _EASY]
+    can = [i for i, (k, _) in enumerate(looks) if k in TWINS]
+    if not can: return looks, None, glue, head
+    i = int(rng.choice(hard if hard and rng.random() < 0.7 else can)); other = str(rng.choice(TWINS[looks[i][0]]))
+    if other == 'one': twin = _colour_part([str(rng.choice(attrs['colours']))], rng, o)
+    elif other == 'several': twin = _colour_part([str(c) for c in rng.choice(list(COLOURS), int(rng.integers(2, 4)), replace=False)], rng, o)
+    else: twin = (other, _say(rng, other, o=o))
+    return looks, looks[:i] + [twin] + looks[i + 1:], glue, head
+
+_EASY = ('dots', 'redness', 'hazy', 'lines', 'base_flat', 'base_curved', 'plain_dark')   # looks stage 1 already reads
+
+def caption_pair(attrs: dict, rng) -> tuple[str, str | None]:
+    "A caption of a world picture and its twin: the same words but for one look (None when no look can change)."
+    looks, twin, glue, head = _twin_looks(attrs, rng)
+    text = lambda ls: head + glue.join(p for _, p in ls) + '.'
+    return text(looks), None if twin is None else text(twin)
+
+# %% ../nbs/02a_pocket.ipynb #b285aa2a
+def _twin_loss(model, tok, captions: list[str], twins: list[str], pics: np.ndarray, device) -> torch.Tensor:
+    "CLIP's symmetric loss, with the twin captions as extra wrong captions for the pictures (B, 64, 64, 3)."
+    ids = tok(captions + twins).to(device)                                # (B + T, 77)
+    eot = ids.argmax(-1); L = int(eot.max()) + 1
+    img = F.normalize(model.encode_image(_to_tensor(pics).to(device)), dim=-1)                       # (B, D)
+    txt = F.normalize(encode_token_embeddings(model, model.token_embedding(ids[:, :L]), eot), dim=-1)  # (B + T, D)
+    scale, target = model.logit_scale.exp(), torch.arange(len(pics), device=device)
+    to_text = scale * img @ txt.T                              # (B, B + T): each picture against all captions and twins
+    to_image = scale * txt[:len(pics)] @ img.T                 # (B, B): each caption against all pictures
+    return (F.cross_entropy(to_text, target) + F.cross_entropy(to_image, target)) / 2
+
+# %% ../nbs/02a_pocket.ipynb #bf83a32b
+def refine_pocket_clip(init: str | Path, out: str | Path, steps: int = 500, batch_size: int = 128, n_world: int = 40_000,
+                       lr: float = 1e-3, scale: float = 100.0, seed: int = 0, log_every: int = 100, device: str = 'auto',
+                       check=None) -> Path:
+    "Stage 2: train the stage-1 CLIP at `init` with absence phrases, twin captions and its logit scale fixed at `scale`."
+    from safetensors.torch import load_file, save
+    device = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
+    model, tok = _pocket_model(seed)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()})
+    model.logit_scale.data.fill_(math.log(scale))                        # kept there: see below
+    model.to(device).train()
+    attrs, pics = make_world(n_world, seed)
+    opt, sched = _optimizer(model, lr, steps, warm=50)
+    rng, t0 = np.random.default_rng(seed + 2), time.time()
+    for step in range(steps):
+        idx = rng.choice(len(attrs), batch_size, replace=False)
+        pairs = [caption_pair(attrs[i], rng) for i in idx]
+        loss = _twin_loss(model, tok, [c for c, _ in pairs], [t for _, t in pairs if t], pics[idx], device)
+        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+        with torch.no_grad(): model.logit_scale.fill_(math.log(scale))
+        if step % log_every == 0 or step == steps - 1:
+            print(f'step {step:5d}  loss {loss.item():.3f}  {time.time() - t0:6.0f} s' + (f'  {check(model)}' if check else ''), flush=True)
+    sd = {k: v.detach().cpu().half().contiguous() for k, v in model.state_dict().items()}
     return atomic_write(out, save(sd))
 
 # %% ../nbs/02a_pocket.ipynb #9d1dafd8
@@ -431,21 +562,29 @@ def retrieval_accuracy(clip: Clip, n: int = 1000, group: int = 100, seed: int = 
     return {'image_to_caption': i2t / n, 'caption_to_image': t2i / n}
 
 # %% ../nbs/02a_pocket.ipynb #f977d2b9
-PROBES = {  # attribute -> (value -> prompt); judged on spot pictures of the held-out world
-    'shape': {'symmetric': 'a symmetric spot.', 'lopsided': 'a lopsided spot.'},
-    'edges': {'smooth': 'a spot with smooth edges.', 'jagged': 'a spot with jagged edges.', 'blurry': 'a spot with blurry edges.'},
-    'colours': {'one': 'a spot of one colour.', 'several': 'a spot with several colours.'},
+PROBES = {  # look -> (its sentence, the opposite sentence, the pictures it is judged on, is the look there?)
+    'lopsided': ('the spot is lopsided, not the same on both sides', 'the spot is symmetric and round', 'spot',
+                 lambda a: a['shape'] == 'lopsided'),
+    'jagged or blurry edges': ('the spot has jagged or blurry edges', 'the spot has smooth, clear edges', 'spot',
+                               lambda a: a['edges'] != 'smooth'),
+    'several colours': ('the spot has several colours, like brown, black and blue', 'the spot has one even brown or tan colour',
+                        'spot', lambda a: len(a['colours']) > 1),
+    'dark dots': ('small dark dots inside the spot', 'the spot is even inside, with no dots', 'spot', lambda a: a['dots']),
+    'redness': ('redness around the spot', 'the skin around the spot is clear', 'spot', lambda a: a['redness']),
+    'hazy patch': ('a hazy white patch in one dark field', 'two clear dark fields', 'field', lambda a: a['patch']),
+    'curved base': ('a bright region at the bottom with a curved upper edge', 'the dark fields have clean, sharp lower edges',
+                    'field', lambda a: a['base'] == 'curved'),
+    'thin lines': ('thin bright lines on a dark field', 'a dark field with no lines', 'field', lambda a: a['lines'] > 0),
 }
 
 @torch.no_grad()
-def probe_accuracy(clip: Clip, n: int = 600, seed: int = 12345) -> dict[str, float]:
-    "Zero-shot accuracy of the `PROBES` attributes on held-out world spot pictures."
+def probe_auc(clip: Clip, n: int = 1500, seed: int = 12345) -> dict[str, float]:
+    "Zero-shot ROC AUC of each `PROBES` look on held-out world pictures: its sentence's similarity minus the opposite's."
     attrs, pics = make_world(n, seed)
-    keep = [i for i, a in enumerate(attrs) if a['kind'] == 'spot']
-    img = _image_features(clip, pics[keep])                                  # (B, D)
+    img = _image_features(clip, pics)                                        # (n, D)
     out = {}
-    for name, values in PROBES.items():
-        pred = (img @ encode_texts(clip, list(values.values())).T).argmax(1).tolist()
-        truth = [attrs[i][name] if name != 'colours' else ('one' if len(attrs[i]['colours']) == 1 else 'several') for i in keep]
-        out[name] = float(np.mean([list(values)[p] == t for p, t in zip(pred, truth)]))
+    for look, (text, opposite, kind, there) in PROBES.items():
+        keep = [i for i, a in enumerate(attrs) if a['kind'] == kind]
+        sim = img[keep] @ encode_texts(clip, [text, opposite]).T             # (k, 2)
+        out[look] = float(roc_auc_score([bool(there(attrs[i])) for i in keep], (sim[:, 0] - sim[:, 1]).cpu().numpy()))
     return out

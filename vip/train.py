@@ -40,7 +40,7 @@ RECIPES = {  # backbone -> the training recipe (paper, section 3; 'pocket' is th
     'ViT-B/16': dict(lr=0.002, epochs=50, batch_size=32, augment=True),
     'RN50x64': dict(lr=0.001, epochs=50, batch_size=8, augment=True),
     'ViT-L/14-336': dict(lr=0.002, epochs=50, batch_size=16, augment=True),
-    POCKET: dict(lr=2.0, epochs=30, batch_size=32, augment=False),
+    POCKET: dict(lr=0.02, epochs=30, batch_size=32, augment=False),
     # BiomedCLIP: not in the paper. lr 0.0025 as in BiomedCoOp's few-shot configs (SGD, cosine, 1 warm-up epoch at 1e-5);
     # epochs, batch size and augmentation are the paper's ViT-B/16 values (few shots get CoOp's schedule below)
     BIOMEDCLIP: dict(lr=0.0025, epochs=50, batch_size=32, augment=True),
