@@ -19,9 +19,10 @@ from .symptoms import save_symptoms
 from .clip import POCKET, DATA_SAMPLES, POCKET_CONFIG, Clip, encode_token_embeddings, encode_texts, register_config
 
 # %% auto #0
-__all__ = ['SIZE', 'COLOURS', 'SKIN', 'POSITIONS', 'SPOT_WORDS', 'PHRASES', 'POS_WORDS', 'MEAN', 'STD', 'ABSENT_PHRASES', 'TWINS',
-           'PROBES', 'draw_spot', 'draw_field', 'draw_chest', 'caption', 'sample_world_attrs', 'render', 'make_world',
-           'pretrain_pocket_clip', 'caption_pair', 'refine_pocket_clip', 'retrieval_accuracy', 'probe_auc']
+__all__ = ['SIZE', 'COLOURS', 'SKIN', 'POSITIONS', 'SPOT_WORDS', 'PHRASES', 'POS_WORDS', 'MEAN', 'STD', 'PROBES',
+           'ABSENT_PHRASES', 'TWINS', 'draw_spot', 'draw_field', 'draw_chest', 'caption', 'sample_world_attrs',
+           'render', 'make_world', 'pretrain_pocket_clip', 'retrieval_accuracy', 'probe_auc', 'caption_pair',
+           'refine_pocket_clip']
 
 # %% ../nbs/02a_pocket.ipynb #791777fa
 SIZE = 64
@@ -415,12 +416,61 @@ def pretrain_pocket_clip(out: str | Path, steps: int = 1400, batch_size: int = 2
     return _save_pocket(model, out, scale)
 
 def _save_pocket(model, out: str | Path, scale: float | None) -> Path:
-    "Write `model` as float16 safetensors at `out`, its logit scale first set to `scale` (None: as learned)."
+    "Write `model` as float16 safetensors at `out`, its logit scale set to `scale` (None: as learned; the file keeps both)."
     from safetensors.torch import save
+    meta = {'learned_logit_scale': f'{model.logit_scale.exp().item():.2f}'}
     if scale is not None:
         with torch.no_grad(): model.logit_scale.fill_(math.log(scale))
     sd = {k: v.detach().cpu().half().contiguous() for k, v in model.state_dict().items()}
-    return atomic_write(out, save(sd))
+    return atomic_write(out, save(sd, metadata=meta))
+
+# %% ../nbs/02a_pocket.ipynb #9d1dafd8
+def _image_features(clip: Clip, pics: np.ndarray) -> torch.Tensor:
+    "Normalised image features (B, D) of uint8 world pictures (B, 64, 64, 3)."
+    return F.normalize(clip.model.encode_image(_to_tensor(pics).to(clip.device)).float(), dim=-1)
+
+@torch.no_grad()
+def retrieval_accuracy(clip: Clip, n: int = 1000, group: int = 100, seed: int = 12345) -> dict[str, float]:
+    "Top-1 picture-to-caption and caption-to-picture accuracy on `n` held-out world pictures, in groups of `group`."
+    attrs, pics = make_world(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    caps = [caption(a, rng) for a in attrs]
+    i2t = t2i = 0
+    for s in range(0, n, group):
+        img = _image_features(clip, pics[s:s + group])                      # (G, D)
+        sim = img @ encode_texts(clip, caps[s:s + group]).T                  # (G, G)
+        target = torch.arange(sim.shape[0], device=sim.device)
+        i2t += (sim.argmax(1) == target).sum().item(); t2i += (sim.argmax(0) == target).sum().item()
+    return {'image_to_caption': i2t / n, 'caption_to_image': t2i / n}
+
+# %% ../nbs/02a_pocket.ipynb #f977d2b9
+PROBES = {  # look -> (its sentence, the opposite sentence, the pictures it is judged on, is the look there?)
+    'lopsided': ('the spot is lopsided, not the same on both sides', 'the spot is symmetric and round', 'spot',
+                 lambda a: a['shape'] == 'lopsided'),
+    'jagged or blurry edges': ('the spot has jagged or blurry edges', 'the spot has smooth, clear edges', 'spot',
+                               lambda a: a['edges'] != 'smooth'),
+    'several colours': ('the spot has several colours, like brown, black and blue', 'the spot has one even brown or tan colour',
+                        'spot', lambda a: len(a['colours']) > 1),
+    'dark dots': ('small dark dots inside the spot', 'the spot is even inside, with no dots', 'spot', lambda a: a['dots']),
+    'redness': ('redness around the spot', 'the skin around the spot is clear', 'spot', lambda a: a['redness']),
+    'hazy patch': ('a hazy white patch in one dark field', 'two clear dark fields', 'field', lambda a: a['patch']),
+    'curved base': ('a bright region at the bottom with a curved upper edge', 'the dark fields have clean, sharp lower edges',
+                    'field', lambda a: a['base'] == 'curved'),
+    'thin lines': ('thin bright lines on a dark field', 'a dark field with no lines', 'field', lambda a: a['lines'] > 0),
+}
+
+@torch.no_grad()
+def probe_auc(clip: Clip, n: int = 1500, seed: int = 12345, cache: bool = True) -> dict[str, float]:
+    "Zero-shot ROC AUC of each `PROBES` look on held-out world pictures: its sentence's similarity minus the opposite's."
+    # cache=False for a model that is still training: its text features change at every step
+    attrs, pics = make_world(n, seed)
+    img = _image_features(clip, pics)                                        # (n, D)
+    out = {}
+    for look, (text, opposite, kind, there) in PROBES.items():
+        keep = [i for i, a in enumerate(attrs) if a['kind'] == kind]
+        sim = img[keep] @ encode_texts(clip, [text, opposite], cache=cache).T             # (k, 2)
+        out[look] = float(roc_auc_score([bool(there(attrs[i])) for i in keep], (sim[:, 0] - sim[:, 1]).cpu().numpy()))
+    return out
 
 # %% ../nbs/02a_pocket.ipynb #c87d19b5
 ABSENT_PHRASES = {  # what a caption may say about a look that is *not* there
@@ -541,50 +591,3 @@ def refine_pocket_clip(init: str | Path, out: str | Path, steps: int = 500, batc
             print(f'step {step:5d}  loss {loss.item():.3f}  {time.time() - t0:6.0f} s' + (f'  {check(model)}' if check else ''), flush=True)
     sd = {k: v.detach().cpu().half().contiguous() for k, v in model.state_dict().items()}
     return atomic_write(out, save(sd))
-
-# %% ../nbs/02a_pocket.ipynb #9d1dafd8
-def _image_features(clip: Clip, pics: np.ndarray) -> torch.Tensor:
-    "Normalised image features (B, D) of uint8 world pictures (B, 64, 64, 3)."
-    return F.normalize(clip.model.encode_image(_to_tensor(pics).to(clip.device)).float(), dim=-1)
-
-@torch.no_grad()
-def retrieval_accuracy(clip: Clip, n: int = 1000, group: int = 100, seed: int = 12345) -> dict[str, float]:
-    "Top-1 picture-to-caption and caption-to-picture accuracy on `n` held-out world pictures, in groups of `group`."
-    attrs, pics = make_world(n, seed)
-    rng = np.random.default_rng(seed + 1)
-    caps = [caption(a, rng) for a in attrs]
-    i2t = t2i = 0
-    for s in range(0, n, group):
-        img = _image_features(clip, pics[s:s + group])                      # (G, D)
-        sim = img @ encode_texts(clip, caps[s:s + group]).T                  # (G, G)
-        target = torch.arange(sim.shape[0], device=sim.device)
-        i2t += (sim.argmax(1) == target).sum().item(); t2i += (sim.argmax(0) == target).sum().item()
-    return {'image_to_caption': i2t / n, 'caption_to_image': t2i / n}
-
-# %% ../nbs/02a_pocket.ipynb #f977d2b9
-PROBES = {  # look -> (its sentence, the opposite sentence, the pictures it is judged on, is the look there?)
-    'lopsided': ('the spot is lopsided, not the same on both sides', 'the spot is symmetric and round', 'spot',
-                 lambda a: a['shape'] == 'lopsided'),
-    'jagged or blurry edges': ('the spot has jagged or blurry edges', 'the spot has smooth, clear edges', 'spot',
-                               lambda a: a['edges'] != 'smooth'),
-    'several colours': ('the spot has several colours, like brown, black and blue', 'the spot has one even brown or tan colour',
-                        'spot', lambda a: len(a['colours']) > 1),
-    'dark dots': ('small dark dots inside the spot', 'the spot is even inside, with no dots', 'spot', lambda a: a['dots']),
-    'redness': ('redness around the spot', 'the skin around the spot is clear', 'spot', lambda a: a['redness']),
-    'hazy patch': ('a hazy white patch in one dark field', 'two clear dark fields', 'field', lambda a: a['patch']),
-    'curved base': ('a bright region at the bottom with a curved upper edge', 'the dark fields have clean, sharp lower edges',
-                    'field', lambda a: a['base'] == 'curved'),
-    'thin lines': ('thin bright lines on a dark field', 'a dark field with no lines', 'field', lambda a: a['lines'] > 0),
-}
-
-@torch.no_grad()
-def probe_auc(clip: Clip, n: int = 1500, seed: int = 12345) -> dict[str, float]:
-    "Zero-shot ROC AUC of each `PROBES` look on held-out world pictures: its sentence's similarity minus the opposite's."
-    attrs, pics = make_world(n, seed)
-    img = _image_features(clip, pics)                                        # (n, D)
-    out = {}
-    for look, (text, opposite, kind, there) in PROBES.items():
-        keep = [i for i, a in enumerate(attrs) if a['kind'] == kind]
-        sim = img[keep] @ encode_texts(clip, [text, opposite]).T             # (k, 2)
-        out[look] = float(roc_auc_score([bool(there(attrs[i])) for i in keep], (sim[:, 0] - sim[:, 1]).cpu().numpy()))
-    return out

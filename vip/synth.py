@@ -17,10 +17,10 @@ from .pocket import POSITIONS, draw_chest, render
 
 # %% auto #0
 __all__ = ['SYNTH_SETS', 'SYNTH_SYMPTOMS', 'SYNTH_COLUMNS', 'SYNTH_SYMPTOM_ATTRIBUTES', 'SYMPTOM_ATTRIBUTES_FORMAT',
-           'SYMPTOM_ATTRIBUTES_VERSION', 'sample_derm_attrs', 'sample_cxr_attrs', 'sample_cxr', 'synth_picture',
-           'synth_files', 'compare_synth_set', 'write_synth_symptoms', 'synth_attributes', 'write_synth_attributes',
-           'read_synth_attributes', 'make_synth_set', 'compare_synth_attributes', 'write_symptom_attributes',
-           'symptom_present', 'load_symptom_attributes']
+           'SYMPTOM_ATTRIBUTES_VERSION', 'sample_derm_attrs', 'sample_cxr_attrs', 'sample_cxr', 'sample_derm5_attrs',
+           'synth_picture', 'synth_files', 'compare_synth_set', 'write_synth_symptoms', 'synth_attributes',
+           'write_synth_attributes', 'read_synth_attributes', 'make_synth_set', 'compare_synth_attributes',
+           'write_symptom_attributes', 'symptom_present', 'load_symptom_attributes']
 
 # %% ../nbs/02b_synth.ipynb #af785020
 def sample_derm_attrs(label: int, rng) -> dict:
@@ -49,11 +49,44 @@ def sample_cxr(label: int, rng) -> np.ndarray:
     "One cxr-synth picture: label 0 normal-like, 1 pneumonia-like."
     return draw_chest(rng, **sample_cxr_attrs(label, rng))
 
+# %% ../nbs/02b_synth.ipynb #b55808c3
+_EARTH, _PINK, _ODD = ('tan', 'brown', 'black'), ('pink', 'red', 'white'), ('gray', 'green', 'yellow')
+
+def _some(rng, choices, lo: int, hi: int, p=None) -> list[str]:
+    "Between `lo` and `hi` different colours out of `choices` (weights `p`)."
+    return [str(c) for c in rng.choice(choices, int(rng.integers(lo, hi + 1)), replace=False, p=p)]
+
+def sample_derm5_attrs(label: int, rng) -> dict:
+    "Look of one derm5-synth lesion: 0 melanoma-, 1 nevus-, 2 seborrheic-keratosis-, 3 basal-cell-like, 4 miscellaneous."
+    if label in (0, 1): return sample_derm_attrs(label, rng)
+    if label == 2:
+        shape = 'lopsided' if rng.random() < 0.3 else 'symmetric'
+        edges = str(rng.choice(['smooth', 'jagged', 'blurry'], p=[0.15, 0.8, 0.05]))
+        cols = _some(rng, _EARTH, 2, 3) if rng.random() < 0.85 else _some(rng, ['tan', 'brown'], 1, 1)
+        dots, red, hair = rng.random() < 0.85, rng.random() < 0.1, int(rng.random() < 0.1) * int(rng.integers(1, 4))
+    elif label == 3:
+        shape = 'lopsided' if rng.random() < 0.3 else 'symmetric'
+        edges = str(rng.choice(['smooth', 'jagged', 'blurry'], p=[0.2, 0.1, 0.7]))
+        cols = _some(rng, _PINK, 2, 3) if rng.random() < 0.6 else _some(rng, ['pink', 'red'], 1, 1)
+        dots, red, hair = rng.random() < 0.1, rng.random() < 0.8, int(rng.random() < 0.1) * int(rng.integers(1, 4))
+    else:
+        shape = 'lopsided' if rng.random() < 0.5 else 'symmetric'
+        edges = str(rng.choice(['smooth', 'jagged', 'blurry']))
+        names = ['brown', 'tan', 'black', 'blue', 'red', 'white', 'pink', 'gray', 'green', 'yellow']
+        w = np.array([1.0 if c not in _ODD else 3.0 for c in names])
+        cols = _some(rng, names, 1, 1 if rng.random() < 0.5 else 3, p=w / w.sum())
+        dots, red, hair = rng.random() < 0.3, rng.random() < 0.25, int(rng.random() < 0.4) * int(rng.integers(1, 4))
+    return dict(kind='spot', shape=shape, edges=edges, colours=cols, dots=bool(dots), redness=bool(red),
+                position=str(rng.choice(list(POSITIONS))), hair=hair)
+
 # %% ../nbs/02b_synth.ipynb #108b6b45
 SYNTH_SETS = {  # name -> classes (label order) and images per class in each split
     'derm-synth': dict(classes=['melanoma', 'nevus'], sizes={'train': (160, 240), 'val': (80, 120), 'test': (160, 240)}),
     'cxr-synth': dict(classes=['normal lung', 'pneumonia'], sizes={'train': (160, 240), 'val': (80, 120), 'test': (160, 240)}),
+    'derm5-synth': dict(classes=['melanoma', 'nevus', 'seborrheic keratosis', 'basal cell carcinoma', 'miscellaneous'],
+                        sizes={'train': (40,) * 5, 'val': (20,) * 5, 'test': (40,) * 5}),
 }
+_SPOTS = {'derm-synth': sample_derm_attrs, 'derm5-synth': sample_derm5_attrs}   # the sets drawn with the spot renderer
 _SPLITS = ('train', 'val', 'test')
 
 def _set_spec(name: str, split: str | None = None) -> dict:
@@ -63,17 +96,19 @@ def _set_spec(name: str, split: str | None = None) -> dict:
     return SYNTH_SETS[name]
 
 def _synth_draw(name: str, split: str, i: int, label: int, seed: int, label_noise: float) -> tuple:
-    "The generator of picture `i` after the draws that decide its look; the label drawn (0/1); that look."
-    _set_spec(name, split)
+    "The generator of picture `i` after the draws that decide its look; the label drawn; that look."
+    n = len(_set_spec(name, split)['classes'])
     rng = np.random.default_rng([seed, list(SYNTH_SETS).index(name), _SPLITS.index(split), i])
-    drawn = 1 - label if rng.random() < label_noise else label   # a wrong label, on purpose
-    look = sample_derm_attrs(drawn, rng) if name == 'derm-synth' else sample_cxr_attrs(drawn, rng)
+    if rng.random() < label_noise:                                 # a wrong label, on purpose: another class at random
+        drawn = 1 - label if n == 2 else int((label + rng.integers(1, n)) % n)
+    else: drawn = label
+    look = _SPOTS[name](drawn, rng) if name in _SPOTS else sample_cxr_attrs(drawn, rng)
     return rng, drawn, look
 
 def synth_picture(name: str, split: str, i: int, label: int, seed: int = 0, label_noise: float = 0.08) -> np.ndarray:
     "Picture `i` (uint8, 64x64x3) of class `label` in `split` of the synthetic set `name`."
     rng, drawn, look = _synth_draw(name, split, i, label, seed, label_noise)
-    pic = render(look, rng) if name == 'derm-synth' else draw_chest(rng, **look)   # from here on: nuisance draws
+    pic = render(look, rng) if name in _SPOTS else draw_chest(rng, **look)   # from here on: nuisance draws
     return (pic * 255).round().astype(np.uint8)
 
 # %% ../nbs/02b_synth.ipynb #7f199057
@@ -122,6 +157,27 @@ SYNTH_SYMPTOMS = {  # set -> class -> [(plain visual wording, medical wording)]
                       ('a cloudy bright patch on one side', 'patchy unilateral opacity'),
                       ('a bright region at the bottom with a curved upper edge', 'pleural effusion with a meniscus sign'),
                       ('a blurry bright patch with soft edges', 'ill-defined infiltrate')]},
+    'derm5-synth': {
+        'melanoma': [('the spot is lopsided, not the same on both sides', 'asymmetric pigmented lesion'),
+                     ('the spot has jagged or blurry edges', 'irregular, poorly circumscribed border'),
+                     ('the spot has several colours, like brown, black and blue', 'variegated pigmentation with a blue-white veil'),
+                     ('small dark dots inside the spot', 'atypical dots and globules')],
+        'nevus': [('the spot is symmetric and round', 'symmetric melanocytic lesion'),
+                  ('the spot has smooth, clear edges', 'regular, well-circumscribed border'),
+                  ('the spot has one even brown or tan colour', 'uniform pigmentation'),
+                  ('the spot is even inside, with no dots', 'homogeneous pattern without globules')],
+        'seborrheic keratosis': [('the spot has a rough, jagged border', 'sharply demarcated, stuck-on border'),
+                                 ('many dark specks inside the spot', 'comedo-like openings and milia-like cysts'),
+                                 ('a mix of tan, brown and black', 'light-to-dark brown pigmentation'),
+                                 ('a round, even spot', 'round, well-demarcated papule')],
+        'basal cell carcinoma': [('the spot is pink, red and white', 'pink-white, pearly translucent lesion'),
+                                 ('redness around the spot', 'arborizing telangiectasia'),
+                                 ('the spot has blurry edges', 'ill-defined, rolled border'),
+                                 ('the skin around the spot is red', 'perilesional erythema')],
+        'miscellaneous': [('the spot has gray, green or yellow colours', 'atypical, non-melanocytic colouring'),
+                          ('thin dark hairs across the spot', 'terminal hairs crossing the lesion'),
+                          ('a plain gray spot', 'featureless grey macule'),
+                          ('the spot is placed on the left or the right', 'eccentric lesion on the image')]},
 }
 
 # %% ../nbs/02b_synth.ipynb #836a4fee
@@ -140,14 +196,23 @@ def write_synth_symptoms(folder: str | Path, overwrite: bool = False) -> list[Pa
 SYNTH_COLUMNS = {  # set -> the columns of its attributes/<split>.csv, in order
     'derm-synth': ['file', 'label', 'drawn', 'shape', 'edges', 'colours', 'n_colours', 'dots', 'redness', 'position', 'hair'],
     'cxr-synth': ['file', 'label', 'drawn', 'patch', 'faint', 'base', 'clear'],
+    'derm5-synth': ['file', 'label', 'drawn', 'shape', 'edges', 'colours', 'n_colours', 'palette', 'dots', 'redness',
+                    'position', 'hair'],
 }
+
+def _palette(cols: list[str]) -> str:
+    "The colour family of a spot: gray/green/yellow in it, or else all tan/brown/black (one or a mix), all pink/red/white, mixed."
+    if set(cols) & set(_ODD): return 'odd'
+    if set(cols) <= set(_EARTH): return 'brown' if len(cols) == 1 else 'brown-mix'
+    return 'pink' if set(cols) <= set(_PINK) else 'mixed'
 
 def _look_row(name: str, look: dict) -> dict:
     "The attribute columns of one look, as the strings the CSV holds."
-    if name == 'derm-synth':
-        return dict(shape=look['shape'], edges=look['edges'], colours=';'.join(look['colours']),
-                    n_colours=str(len(look['colours'])), dots=str(look['dots']), redness=str(look['redness']),
-                    position=look['position'], hair=str(look['hair']))
+    if name in _SPOTS:
+        row = dict(shape=look['shape'], edges=look['edges'], colours=';'.join(look['colours']),
+                   n_colours=str(len(look['colours'])), palette=_palette(look['colours']), dots=str(look['dots']),
+                   redness=str(look['redness']), position=look['position'], hair=str(look['hair']))
+        return {k: row[k] for k in SYNTH_COLUMNS[name][3:]}      # derm-synth has no palette column
     clear = not (look['patch'] or look['faint'] or look['base'])
     return dict(patch=str(look['patch']), faint=str(look['faint']), base=look['base'] or 'none', clear=str(clear))
 
@@ -254,6 +319,45 @@ SYNTH_SYMPTOM_ATTRIBUTES = {  # set -> class -> symptom (plain wording) -> the a
             'a bright region at the bottom with a curved upper edge':
                 dict(column='base', present=['curved'], opposite='the dark fields have clean, sharp lower edges'),
             'a blurry bright patch with soft edges': dict(column='patch', present=['True'], opposite='two clear dark fields')}},
+    'derm5-synth': {
+        'melanoma': {
+            'the spot is lopsided, not the same on both sides':
+                dict(column='shape', present=['lopsided'], opposite='the spot is symmetric and round'),
+            'the spot has jagged or blurry edges':
+                dict(column='edges', present=['jagged', 'blurry'], opposite='the spot has smooth, clear edges'),
+            'the spot has several colours, like brown, black and blue':
+                dict(column='n_colours', present=['2', '3'], opposite='the spot has one even brown or tan colour'),
+            'small dark dots inside the spot':
+                dict(column='dots', present=['True'], opposite='the spot is even inside, with no dots')},
+        'nevus': {
+            'the spot is symmetric and round':
+                dict(column='shape', present=['symmetric'], opposite='the spot is lopsided, not the same on both sides'),
+            'the spot has smooth, clear edges':
+                dict(column='edges', present=['smooth'], opposite='the spot has jagged or blurry edges'),
+            'the spot has one even brown or tan colour':
+                dict(column='palette', present=['brown'], opposite='the spot has several colours, like brown, black and blue'),
+            'the spot is even inside, with no dots':
+                dict(column='dots', present=['False'], opposite='small dark dots inside the spot')},
+        'seborrheic keratosis': {
+            'the spot has a rough, jagged border':
+                dict(column='edges', present=['jagged'], opposite='the spot has smooth, clear edges'),
+            'many dark specks inside the spot': dict(column='dots', present=['True'], opposite='the spot is even inside, with no dots'),
+            'a mix of tan, brown and black':
+                dict(column='palette', present=['brown-mix'], opposite='the spot has one even brown or tan colour'),
+            'a round, even spot': dict(column='shape', present=['symmetric'], opposite='the spot is lopsided, not the same on both sides')},
+        'basal cell carcinoma': {
+            'the spot is pink, red and white':
+                dict(column='palette', present=['pink'], opposite='the spot has one even brown or tan colour'),
+            'redness around the spot': dict(column='redness', present=['True'], opposite='the skin around the spot is clear'),
+            'the spot has blurry edges': dict(column='edges', present=['blurry'], opposite='the spot has smooth, clear edges'),
+            'the skin around the spot is red': dict(column='redness', present=['True'], opposite='the skin around the spot is clear')},
+        'miscellaneous': {
+            'the spot has gray, green or yellow colours':
+                dict(column='palette', present=['odd'], opposite='the spot has one even brown or tan colour'),
+            'thin dark hairs across the spot': dict(column='hair', present=['1', '2', '3'], opposite='the skin around the spot is clear'),
+            'a plain gray spot': dict(column='colours', present=['gray'], opposite='the spot has several colours, like brown, black and blue'),
+            'the spot is placed on the left or the right':
+                dict(column='position', present=['left', 'right'], opposite='the spot is placed in the middle')}},
 }
 
 # %% ../nbs/02b_synth.ipynb #54527d8c
