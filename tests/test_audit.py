@@ -188,3 +188,13 @@ def test_medical_wording_audits_worse_with_the_pocket_clip(pocket):
                                       load_symptoms(DATA_SAMPLES/'symptoms'/f'cxr-synth{w}.json', ds.classes)).auc)
             for w in ('', '_medical')}
     assert mean['_medical'] < mean[''] - 0.1
+
+
+def test_derm5_audit_finds_the_look_alike_pair(pocket):
+    "derm5-synth draws keratosis-like spots with the melanoma-like dots and edges: the audit must find that pair."
+    a = audit_folder(pocket, DATA_SAMPLES/'derm5-synth', DATA_SAMPLES/'symptoms'/'derm5-synth.json')
+    assert a.counts == [40] * 5 and len(a.auc) == 20
+    assert confused_pairs(a, k=1) == [('melanoma', 'seborrheic keratosis')]
+    auc = {s: x for (_, s), x in zip(a.symptoms, a.auc)}
+    assert auc['a mix of tan, brown and black'] > 0.85                 # the palette it reads well
+    assert auc['the spot is lopsided, not the same on both sides'] < a.min_auc   # the shape it reads badly

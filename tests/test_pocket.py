@@ -57,7 +57,7 @@ SPLITS = ('train', 'val', 'test')
 @pytest.mark.parametrize('name', list(SYNTH_SETS))
 def test_shipped_attributes_are_what_the_generator_draws(name):
     d = compare_synth_attributes(name)
-    assert d == dict(files=3, rows=1000, lines_off=0, first_off=None)
+    assert d == dict(files=3, rows=sum(sum(k) for k in SYNTH_SETS[name]['sizes'].values()), lines_off=0, first_off=None)
     for s in SPLITS:
         rows = read_synth_attributes(name, s)
         assert rows == synth_attributes(name, s) and list(rows[0]) == SYNTH_COLUMNS[name]
@@ -73,6 +73,20 @@ def test_attributes_follow_the_classes_drawn():
     cxr = [r for s in SPLITS for r in synth_attributes('cxr-synth', s)]
     assert all(r['clear'] == str(r['patch'] == r['faint'] == 'False' and r['base'] == 'none') for r in cxr)
     assert not any(r['faint'] == 'True' for r in cxr if r['drawn'] == 'pneumonia')
+
+
+def test_derm5_classes_lean_their_own_way():
+    rows = [r for s in SPLITS for r in synth_attributes('derm5-synth', s)]
+    assert len(rows) == 500 and {r['label'] for r in rows} == set(SYNTH_SETS['derm5-synth']['classes'])
+    share = lambda key, values, c: sum(r[key] in values for r in rows if r['drawn'] == c) / sum(r['drawn'] == c for r in rows)
+    assert share('palette', ['pink'], 'basal cell carcinoma') == 1 and share('redness', ['True'], 'basal cell carcinoma') > 0.6
+    assert share('palette', ['brown-mix'], 'seborrheic keratosis') > 0.75 and share('dots', ['True'], 'seborrheic keratosis') > 0.75
+    assert share('palette', ['odd'], 'miscellaneous') > 0.5 and share('palette', ['odd'], 'melanoma') == 0
+    # the look-alike pair: keratosis-like spots share the melanoma-like dots and jagged edges, not the mixed palette
+    assert share('dots', ['True'], 'melanoma') > 0.7 and share('palette', ['mixed'], 'seborrheic keratosis') == 0
+    wrong = [r for r in rows if r['label'] != r['drawn']]
+    assert 0.05 < len(wrong) / len(rows) < 0.12 and len({r['drawn'] for r in wrong}) == 5   # wrong labels, any class
+    assert all(r['palette'] == 'brown' for r in rows if r['colours'] in ('tan', 'brown', 'black'))
 
 
 def test_compare_synth_attributes_sees_a_changed_or_missing_value(tmp_path):
@@ -112,7 +126,8 @@ def test_attributes_folder_is_no_split_and_no_class(name, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         ds = load_splits(DATA_SAMPLES/name, check=True)
-    assert ds['train'].classes == SYNTH_SETS[name]['classes'] and [len(d) for d in ds.values()] == [400, 200, 400]
+    sizes = [sum(SYNTH_SETS[name]['sizes'][s]) for s in SPLITS]
+    assert ds['train'].classes == SYNTH_SETS[name]['classes'] and [len(d) for d in ds.values()] == sizes
     assert classes_from_folder(DATA_SAMPLES/name) == sorted(SYNTH_SETS[name]['classes'])
     save_split(tmp_path/'split.json', ds)
     assert data_main(['check', str(DATA_SAMPLES/name), '--split', str(tmp_path/'split.json')]) == 0

@@ -50,6 +50,7 @@ FEW_SHOT_EPOCHS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}  # CoOp's few-shot sc
 BUNDLED_DATA = {  # bundled synthetic sets -> their plain-word symptom file and modality
     'derm-synth': ('symptoms/derm-synth.json', 'dermoscopic image'),
     'cxr-synth': ('symptoms/cxr-synth.json', 'chest X-ray'),
+    'derm5-synth': ('symptoms/derm5-synth.json', 'dermoscopic image'),
 }
 METHODS = ('vip', 'coop', 'cocoop', 'vpt', 'vpt_deep', 'maple', 'clip_adapter', 'linear_probe', 'tip_adapter',
            'tip_adapter_f', 'zeroshot_classname', 'zeroshot_symptoms')
