@@ -19,13 +19,6 @@ CLASSES = ['melanoma', 'nevus']
 AUDIT = ['audit', '--data', 'derm-synth', '--symptoms', PLAIN, '--k', 16]
 
 
-@pytest.fixture(autouse=True)
-def no_openai_env(monkeypatch):
-    "Tests never see the developer's real key or server."
-    monkeypatch.delenv('OPENAI_API_KEY', raising=False)
-    monkeypatch.delenv('OPENAI_BASE_URL', raising=False)
-
-
 def cli(capsys, *argv):
     "Run `vip_symptoms` in-process: (exit status, stdout, stderr)."
     try: code = symptoms_main([str(a) for a in argv])

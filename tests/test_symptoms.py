@@ -29,13 +29,6 @@ def server():
     with FakeLLMServer(hang_s=2.0) as s: yield s
 
 
-@pytest.fixture(autouse=True)
-def no_openai_env(monkeypatch):
-    "Tests never see the developer's real key or server."
-    monkeypatch.delenv('OPENAI_API_KEY', raising=False)
-    monkeypatch.delenv('OPENAI_BASE_URL', raising=False)
-
-
 def cli(capsys, *argv):
     "Run `vip_symptoms` in-process: (exit code, stdout, stderr)."
     try: code = main([str(a) for a in argv])

@@ -395,7 +395,6 @@ def pretrain_pocket_clip(out: str | Path, steps: int = 1400, batch_size: int = 2
                          lr: float = 5e-4, seed: int = 0, log_every: int = 100, scale: float | None = 100.0,
                          device: str = 'auto') -> Path:
     "Train the pocket CLIP on the picture world from scratch; save it as float16 safetensors, its logit scale set to `scale`."
-    from safetensors.torch import save
     device = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
     model, tok = _pocket_model(seed)
     model.to(device)
@@ -572,7 +571,7 @@ def refine_pocket_clip(init: str | Path, out: str | Path, steps: int = 500, batc
                        lr: float = 1e-3, scale: float = 100.0, seed: int = 0, log_every: int = 100, device: str = 'auto',
                        check=None) -> Path:
     "Stage 2: train the stage-1 CLIP at `init` with absence phrases, twin captions and its logit scale fixed at `scale`."
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load_file
     device = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
     model, tok = _pocket_model(seed)
     model.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()})
@@ -589,5 +588,4 @@ def refine_pocket_clip(init: str | Path, out: str | Path, steps: int = 500, batc
         with torch.no_grad(): model.logit_scale.fill_(math.log(scale))
         if step % log_every == 0 or step == steps - 1:
             print(f'step {step:5d}  loss {loss.item():.3f}  {time.time() - t0:6.0f} s' + (f'  {check(model)}' if check else ''), flush=True)
-    sd = {k: v.detach().cpu().half().contiguous() for k, v in model.state_dict().items()}
-    return atomic_write(out, save(sd))
+    return _save_pocket(model, out, scale)

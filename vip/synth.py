@@ -142,16 +142,18 @@ def compare_synth_set(name: str, root: str | Path = DATA_SAMPLES, step: int = 1)
     return dict(files=len(files), values=values, values_off=off, max_off=worst)
 
 # %% ../nbs/02b_synth.ipynb #afc263dc
+_DERM_LOOKS = {  # melanoma and nevus, shared by derm-synth and derm5-synth: [(plain visual wording, medical wording)]
+    'melanoma': [('the spot is lopsided, not the same on both sides', 'asymmetric pigmented lesion'),
+                 ('the spot has jagged or blurry edges', 'irregular, poorly circumscribed border'),
+                 ('the spot has several colours, like brown, black and blue', 'variegated pigmentation with a blue-white veil'),
+                 ('small dark dots inside the spot', 'atypical dots and globules')],
+    'nevus': [('the spot is symmetric and round', 'symmetric melanocytic lesion'),
+              ('the spot has smooth, clear edges', 'regular, well-circumscribed border'),
+              ('the spot has one even brown or tan colour', 'uniform pigmentation'),
+              ('redness around the spot', 'perilesional erythema')]}
+
 SYNTH_SYMPTOMS = {  # set -> class -> [(plain visual wording, medical wording)]
-    'derm-synth': {
-        'melanoma': [('the spot is lopsided, not the same on both sides', 'asymmetric pigmented lesion'),
-                     ('the spot has jagged or blurry edges', 'irregular, poorly circumscribed border'),
-                     ('the spot has several colours, like brown, black and blue', 'variegated pigmentation with a blue-white veil'),
-                     ('small dark dots inside the spot', 'atypical dots and globules')],
-        'nevus': [('the spot is symmetric and round', 'symmetric melanocytic lesion'),
-                  ('the spot has smooth, clear edges', 'regular, well-circumscribed border'),
-                  ('the spot has one even brown or tan colour', 'uniform pigmentation'),
-                  ('redness around the spot', 'perilesional erythema')]},
+    'derm-synth': _DERM_LOOKS,
     'cxr-synth': {
         'normal lung': [('two clear dark fields', 'clear lung fields bilaterally'),
                         ('thin bright lines on a dark field', 'normal bronchovascular markings'),
@@ -166,18 +168,12 @@ SYNTH_SYMPTOMS = {  # set -> class -> [(plain visual wording, medical wording)]
                                  ('redness around the spot', 'arborizing telangiectasia'),
                                  ('the spot has blurry edges', 'ill-defined, rolled border'),
                                  ('the skin around the spot is red', 'perilesional erythema')],
-        'melanoma': [('the spot is lopsided, not the same on both sides', 'asymmetric pigmented lesion'),
-                     ('the spot has jagged or blurry edges', 'irregular, poorly circumscribed border'),
-                     ('the spot has several colours, like brown, black and blue', 'variegated pigmentation with a blue-white veil'),
-                     ('small dark dots inside the spot', 'atypical dots and globules')],
+        'melanoma': _DERM_LOOKS['melanoma'],
         'miscellaneous': [('the spot has gray, green or yellow colours', 'atypical, non-melanocytic colouring'),
                           ('thin dark hairs across the spot', 'terminal hairs crossing the lesion'),
                           ('a plain gray spot', 'featureless grey macule'),
                           ('the spot is placed on the left or the right', 'eccentric lesion on the image')],
-        'nevus': [('the spot is symmetric and round', 'symmetric melanocytic lesion'),
-                  ('the spot has smooth, clear edges', 'regular, well-circumscribed border'),
-                  ('the spot has one even brown or tan colour', 'uniform pigmentation'),
-                  ('the spot is even inside, with no dots', 'homogeneous pattern without globules')],
+        'nevus': _DERM_LOOKS['nevus'][:3] + [('the spot is even inside, with no dots', 'homogeneous pattern without globules')],
         'seborrheic keratosis': [('the spot has a rough, jagged border', 'sharply demarcated, stuck-on border'),
                                  ('many dark specks inside the spot', 'comedo-like openings and milia-like cysts'),
                                  ('a mix of tan, brown and black', 'light-to-dark brown pigmentation'),
@@ -288,26 +284,30 @@ def compare_synth_attributes(name: str, root: str | Path = DATA_SAMPLES, seed: i
     return dict(files=len(_SPLITS), rows=rows, lines_off=off, first_off=first)
 
 # %% ../nbs/02b_synth.ipynb #5f757832
+_DERM_ATTRIBUTES = {  # derm-synth's map; derm5-synth shares its melanoma entries
+    'melanoma': {
+        'the spot is lopsided, not the same on both sides':
+            dict(column='shape', present=['lopsided'], opposite='the spot is symmetric and round'),
+        'the spot has jagged or blurry edges':
+            dict(column='edges', present=['jagged', 'blurry'], opposite='the spot has smooth, clear edges'),
+        'the spot has several colours, like brown, black and blue':
+            dict(column='n_colours', present=['2', '3'], opposite='the spot has one even brown or tan colour'),
+        'small dark dots inside the spot':
+            dict(column='dots', present=['True'], opposite='the spot is even inside, with no dots')},
+    'nevus': {
+        'the spot is symmetric and round':
+            dict(column='shape', present=['symmetric'], opposite='the spot is lopsided, not the same on both sides'),
+        'the spot has smooth, clear edges':
+            dict(column='edges', present=['smooth'], opposite='the spot has jagged or blurry edges'),
+        'the spot has one even brown or tan colour':
+            dict(column='n_colours', present=['1'], opposite='the spot has several colours, like brown, black and blue'),
+        'redness around the spot':
+            dict(column='redness', present=['True'], opposite='the skin around the spot is clear')}}
+
+
+# %% ../nbs/02b_synth.ipynb #820f57aa
 SYNTH_SYMPTOM_ATTRIBUTES = {  # set -> class -> symptom (plain wording) -> the attribute values that mean it is there
-    'derm-synth': {
-        'melanoma': {
-            'the spot is lopsided, not the same on both sides':
-                dict(column='shape', present=['lopsided'], opposite='the spot is symmetric and round'),
-            'the spot has jagged or blurry edges':
-                dict(column='edges', present=['jagged', 'blurry'], opposite='the spot has smooth, clear edges'),
-            'the spot has several colours, like brown, black and blue':
-                dict(column='n_colours', present=['2', '3'], opposite='the spot has one even brown or tan colour'),
-            'small dark dots inside the spot':
-                dict(column='dots', present=['True'], opposite='the spot is even inside, with no dots')},
-        'nevus': {
-            'the spot is symmetric and round':
-                dict(column='shape', present=['symmetric'], opposite='the spot is lopsided, not the same on both sides'),
-            'the spot has smooth, clear edges':
-                dict(column='edges', present=['smooth'], opposite='the spot has jagged or blurry edges'),
-            'the spot has one even brown or tan colour':
-                dict(column='n_colours', present=['1'], opposite='the spot has several colours, like brown, black and blue'),
-            'redness around the spot':
-                dict(column='redness', present=['True'], opposite='the skin around the spot is clear')}},
+    'derm-synth': _DERM_ATTRIBUTES,
     'cxr-synth': {
         'normal lung': {
             'two clear dark fields': dict(column='patch', present=['False'], opposite='a hazy white patch in one dark field'),
@@ -330,15 +330,7 @@ SYNTH_SYMPTOM_ATTRIBUTES = {  # set -> class -> symptom (plain wording) -> the a
             'redness around the spot': dict(column='redness', present=['True'], opposite='the skin around the spot is clear'),
             'the spot has blurry edges': dict(column='edges', present=['blurry'], opposite='the spot has smooth, clear edges'),
             'the skin around the spot is red': dict(column='redness', present=['True'], opposite='the skin around the spot is clear')},
-        'melanoma': {
-            'the spot is lopsided, not the same on both sides':
-                dict(column='shape', present=['lopsided'], opposite='the spot is symmetric and round'),
-            'the spot has jagged or blurry edges':
-                dict(column='edges', present=['jagged', 'blurry'], opposite='the spot has smooth, clear edges'),
-            'the spot has several colours, like brown, black and blue':
-                dict(column='n_colours', present=['2', '3'], opposite='the spot has one even brown or tan colour'),
-            'small dark dots inside the spot':
-                dict(column='dots', present=['True'], opposite='the spot is even inside, with no dots')},
+        'melanoma': _DERM_ATTRIBUTES['melanoma'],
         'miscellaneous': {
             'the spot has gray, green or yellow colours':
                 dict(column='palette', present=['odd'], opposite='the spot has one even brown or tan colour'),
