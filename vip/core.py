@@ -12,7 +12,8 @@ import torch
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'VipError', 'get_device', 'autocast_dtype', 'autocast', 'grad_scaler', 'seed_everything',
-           'check_run_name', 'make_run_dir', 'check_classes', 'atomic_write', 'count_forwards', 'figure_problems']
+           'check_run_name', 'make_run_dir', 'check_classes', 'atomic_write', 'count_forwards', 'figure_problems',
+           'FigureWarning', 'save_figure']
 
 # %% ../nbs/00_core.ipynb #5f69c57f
 class VipError(Exception):
@@ -176,3 +177,14 @@ def figure_problems(fig, pad: float = 1.0) -> list[str]:
     out += [f'{a!r} falls outside the figure' for a, b in boxes
             if b.x0 < canvas.x0 - pad or b.y0 < canvas.y0 - pad or b.x1 > canvas.x1 + pad or b.y1 > canvas.y1 + pad]
     return out
+
+# %% ../nbs/00_core.ipynb #7faca7aa
+class FigureWarning(UserWarning):
+    "A saved figure whose text labels overlap or fall outside the canvas."
+
+def save_figure(fig, target, **kwargs):
+    "Save `fig` to `target` (a path or a file object) with `fig.savefig(**kwargs)`, warning about `figure_problems`."
+    import warnings
+    if problems := figure_problems(fig):
+        warnings.warn(f'figure saved with {len(problems)} label problem(s), first: {problems[0]}', FigureWarning, stacklevel=2)
+    fig.savefig(target, **kwargs)
