@@ -3,7 +3,8 @@
 nbdev_readme renders with quarto, which cannot be installed from the package registries this project
 reaches; this script does the same conversion for what index.ipynb uses: markdown cells as they are,
 code cells (minus `#|` directives) as python blocks followed by their text output; cells marked
-`#| hide` are left out. `--check` exits 1 when README.md differs from what it would write.
+`#| hide` are left out, and a cell marked `#| readme_image PATH` (one that draws a figure and saves it to PATH)
+becomes that image. `--check` exits 1 when README.md differs from what it would write.
 """
 import json, sys
 from pathlib import Path
@@ -17,6 +18,8 @@ def cell_md(cell):
     src = ''.join(cell['source'])
     if any(d.split()[0] in ('hide', 'default_exp', 'export', 'exporti') for d in directives(src) if d): return None
     if cell['cell_type'] == 'markdown': return src.strip()
+    if img := next((d.split(None, 1)[1] for d in directives(src) if d.startswith('readme_image ')), None):
+        return f'![{Path(img).stem}]({img})'
     if cell['cell_type'] != 'code': return None
     code = '\n'.join(l for l in src.splitlines() if not l.startswith('#|')).strip()
     out = [f'```python\n{code}\n```'] if code else []
