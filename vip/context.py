@@ -35,81 +35,6 @@ def _layout(n_body: int, n_tail: int, n_ctx: int, position: str) -> list[int]:
     inner = {'end': ctx + body, 'front': body + ctx, 'middle': ctx[:h] + body + ctx[h:]}[position]
     return [0] + inner + tail
 
-# %% ../nbs/04_context.ipynb #a644562a
-def _fill_rows(lengths: list[int], groups: list[int], n_prefix: int, capacity: int) -> list[list[int]]:
-    "Rows of prompt indices, one group per row, each row at most `capacity` positions with the prefix written once."
-    rows, used, last = [], [], {}                         # last: the open row of each group
-    for p, (n, g) in enumerate(zip(lengths, groups)):
-        r = last.get(g)
-        if r is not None and used[r] + n - n_prefix <= capacity:
-            rows[r].append(p); used[r] += n - n_prefix
-        else:
-            last[g] = len(rows); rows.append([p]); used.append(n)
-    return rows
-
-def _pack_plan(lengths: list[int], groups: list[int], n_prefix: int, max_len: int = 77) -> tuple[list[list[int]], int]:
-    "Rows of prompts and the row length that make the fewest positions in all, each prompt whole in one row."
-    best = None
-    for capacity in range(max(lengths), max_len + 1):
-        rows = _fill_rows(lengths, groups, n_prefix, capacity)
-        row_len = max(n_prefix + sum(lengths[p] - n_prefix for p in r) for r in rows)
-        if best is None or len(rows) * row_len < len(best[0]) * best[1]: best = (rows, row_len)
-    return best
-
-# %% ../nbs/04_context.ipynb #9fbbb523
-def _pack_positions(rows: list[list[int]], row_len: int, lengths: list[int], n_prefix: int, L: int):
-    "Source index into the flattened (P*L) prompts, position ids and segment of each packed position; [EOT] row and column."
-    R, P = len(rows), len(lengths)
-    src = torch.zeros(R, row_len, dtype=torch.long)
-    pos = torch.zeros(R, row_len, dtype=torch.long)
-    seg = torch.full((R, row_len), -2)                  # -1 the shared prefix, k prompt k of the row, -2 unused
-    eot_row, eot_col = torch.zeros(P, dtype=torch.long), torch.zeros(P, dtype=torch.long)
-    for r, ps in enumerate(rows):
-        src[r, :n_prefix] = ps[0] * L + torch.arange(n_prefix)       # the prefix, taken from the row's first prompt
-        pos[r, :n_prefix], seg[r, :n_prefix] = torch.arange(n_prefix), -1
-        col = n_prefix
-        for k, p in enumerate(ps):
-            n = lengths[p] - n_prefix
-            src[r, col:col + n] = p * L + n_prefix + torch.arange(n)
-            pos[r, col:col + n], seg[r, col:col + n] = n_prefix + torch.arange(n), k
-            eot_row[p], eot_col[p] = r, col + n - 1
-            col += n
-        pos[r, col:] = torch.arange(col, row_len).clamp(max=L - 1)
-    return src, pos, seg, eot_row, eot_col
-
-# %% ../nbs/04_context.ipynb #ce260bca
-def _pack_attention(seg: torch.Tensor) -> torch.Tensor:
-    "Attention allowed (R, N, N) in packed rows of segments `seg` (R, N): the prefix and the own prompt, causally."
-    i = torch.arange(seg.shape[1])
-    causal = i[None, :] <= i[:, None]                                # (row_len, row_len) key <= query
-    same = (seg[:, None, :] == seg[:, :, None]) | (seg[:, None, :] == -1)   # (R, row_len, row_len)
-    unused = seg[:, :, None] == -2
-    return causal & (same & ~unused | unused & (i[None, :] == i[:, None]))
-
-def _pack_index(rows: list[list[int]], row_len: int, lengths: list[int], n_prefix: int, L: int):
-    "Source index into the flattened (P*L) prompts, position ids, attention allowed (R, row_len, row_len), [EOT] row and column."
-    src, pos, seg, eot_row, eot_col = _pack_positions(rows, row_len, lengths, n_prefix, L)
-    return src, pos, _pack_attention(seg), eot_row, eot_col
-
-# %% ../nbs/04_context.ipynb #2bd26228
-def _packable(model: nn.Module) -> bool:
-    "Whether the text transformer's blocks take a per-sequence attention mask (open_clip's standard CLIP blocks)."
-    if text_tower_kind(model) != 'causal': return False     # packing is exact only when attention is causal
-    blocks = getattr(text_parts(model).transformer, 'resblocks', None)
-    return bool(blocks) and all(isinstance(getattr(b, 'attn', None), nn.MultiheadAttention)
-                                and not hasattr(b, 'ln_1_kv') for b in blocks)
-
-def _encode_packed(model: nn.Module, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor,
-                   eot_row: torch.Tensor, eot_col: torch.Tensor) -> torch.Tensor:
-    "Text features (P, D) from packed token embeddings x (R, N, W) with position ids (R, N) and an additive mask (R*heads, N, N)."
-    t = text_parts(model)
-    x = x + t.positional_embedding[pos].to(x.dtype)        # (R, N, W)
-    x = t.transformer(x, attn_mask=mask)                   # (R, N, W)
-    x = t.ln_final(x[eot_row, eot_col])                    # (P, W): the [EOT] outputs
-    if t.text_projection is None: return x
-    if isinstance(t.text_projection, nn.Linear): return t.text_projection(x)
-    return x @ t.text_projection                          # (P, W) @ (W, D) -> (P, D)
-
 # %% ../nbs/04_context.ipynb #bcb9ba71
 def special_ids(tokenizer) -> tuple[int, int, int]:
     "The ids of [SOS], '.' and [EOT] in `tokenizer` ([CLS], '.', [SEP] in a BERT tokenizer)."
@@ -188,19 +113,6 @@ def _prompt_buffers(emb: nn.Module, ids: torch.Tensor, layouts: list[list[int]],
                 eot=torch.tensor([len(l) - 1 for l in layouts]),              # (P,) [EOT] in the assembled prompt
                 token_ids=ids.gather(1, src).masked_fill(is_ctx, -1),        # (P, L), -1 at context positions
                 class_index=class_index)
-
-# %% ../nbs/04_context.ipynb #17a6b7db
-def _pack_buffers(model: nn.Module, layouts: list[list[int]], class_index: torch.Tensor, csc: bool, n_ctx: int,
-                  position: str, n_pos: int) -> dict[str, torch.Tensor]:
-    "The packing plan as tensors: prompts share rows, and the shared prefix is written once a row."
-    n_prefix = {'end': 1 + n_ctx, 'middle': 1 + n_ctx // 2, 'front': 1}[position]
-    lengths = [len(l) for l in layouts]
-    rows, row_len = _pack_plan(lengths, class_index.tolist() if csc else [0] * len(lengths), n_prefix, n_pos)
-    src_p, pos_p, allowed, row, col = _pack_index(rows, row_len, lengths, n_prefix, max(lengths))
-    heads = text_parts(model).transformer.resblocks[0].attn.num_heads
-    mask = torch.zeros(allowed.shape).masked_fill(~allowed, float('-inf'))           # (R, N, N) additive
-    return dict(pack_src=src_p, pack_pos=pos_p, pack_mask=mask.repeat_interleave(heads, 0),  # (R*heads, N, N)
-                pack_row=row, pack_col=col)
 
 # %% ../nbs/04_context.ipynb #77cfc844
 class ContextPrompt(nn.Module):
@@ -284,3 +196,90 @@ def describe(cop: ContextPrompt, p: int = 0, classes: list[str] | None = None, w
              f'position {cop.position!r}, {cop.n_ctx} {kind} context tokens, [EOT] at {eot} '
              f'(prompts assembled to L={cop.tokens.shape[1]} of {cop.context_length} positions)']
     return '\n'.join(lines + _wrap_columns(_columns(cop, p), width))
+
+# %% ../nbs/04_context.ipynb #a644562a
+def _fill_rows(lengths: list[int], groups: list[int], n_prefix: int, capacity: int) -> list[list[int]]:
+    "Rows of prompt indices, one group per row, each row at most `capacity` positions with the prefix written once."
+    rows, used, last = [], [], {}                         # last: the open row of each group
+    for p, (n, g) in enumerate(zip(lengths, groups)):
+        r = last.get(g)
+        if r is not None and used[r] + n - n_prefix <= capacity:
+            rows[r].append(p); used[r] += n - n_prefix
+        else:
+            last[g] = len(rows); rows.append([p]); used.append(n)
+    return rows
+
+def _pack_plan(lengths: list[int], groups: list[int], n_prefix: int, max_len: int = 77) -> tuple[list[list[int]], int]:
+    "Rows of prompts and the row length that make the fewest positions in all, each prompt whole in one row."
+    best = None
+    for capacity in range(max(lengths), max_len + 1):
+        rows = _fill_rows(lengths, groups, n_prefix, capacity)
+        row_len = max(n_prefix + sum(lengths[p] - n_prefix for p in r) for r in rows)
+        if best is None or len(rows) * row_len < len(best[0]) * best[1]: best = (rows, row_len)
+    return best
+
+# %% ../nbs/04_context.ipynb #9fbbb523
+def _pack_positions(rows: list[list[int]], row_len: int, lengths: list[int], n_prefix: int, L: int):
+    "Source index into the flattened (P*L) prompts, position ids and segment of each packed position; [EOT] row and column."
+    R, P = len(rows), len(lengths)
+    src = torch.zeros(R, row_len, dtype=torch.long)
+    pos = torch.zeros(R, row_len, dtype=torch.long)
+    seg = torch.full((R, row_len), -2)                  # -1 the shared prefix, k prompt k of the row, -2 unused
+    eot_row, eot_col = torch.zeros(P, dtype=torch.long), torch.zeros(P, dtype=torch.long)
+    for r, ps in enumerate(rows):
+        src[r, :n_prefix] = ps[0] * L + torch.arange(n_prefix)       # the prefix, taken from the row's first prompt
+        pos[r, :n_prefix], seg[r, :n_prefix] = torch.arange(n_prefix), -1
+        col = n_prefix
+        for k, p in enumerate(ps):
+            n = lengths[p] - n_prefix
+            src[r, col:col + n] = p * L + n_prefix + torch.arange(n)
+            pos[r, col:col + n], seg[r, col:col + n] = n_prefix + torch.arange(n), k
+            eot_row[p], eot_col[p] = r, col + n - 1
+            col += n
+        pos[r, col:] = torch.arange(col, row_len).clamp(max=L - 1)
+    return src, pos, seg, eot_row, eot_col
+
+# %% ../nbs/04_context.ipynb #ce260bca
+def _pack_attention(seg: torch.Tensor) -> torch.Tensor:
+    "Attention allowed (R, N, N) in packed rows of segments `seg` (R, N): the prefix and the own prompt, causally."
+    i = torch.arange(seg.shape[1])
+    causal = i[None, :] <= i[:, None]                                # (row_len, row_len) key <= query
+    same = (seg[:, None, :] == seg[:, :, None]) | (seg[:, None, :] == -1)   # (R, row_len, row_len)
+    unused = seg[:, :, None] == -2
+    return causal & (same & ~unused | unused & (i[None, :] == i[:, None]))
+
+def _pack_index(rows: list[list[int]], row_len: int, lengths: list[int], n_prefix: int, L: int):
+    "Source index into the flattened (P*L) prompts, position ids, attention allowed (R, row_len, row_len), [EOT] row and column."
+    src, pos, seg, eot_row, eot_col = _pack_positions(rows, row_len, lengths, n_prefix, L)
+    return src, pos, _pack_attention(seg), eot_row, eot_col
+
+# %% ../nbs/04_context.ipynb #2bd26228
+def _packable(model: nn.Module) -> bool:
+    "Whether the text transformer's blocks take a per-sequence attention mask (open_clip's standard CLIP blocks)."
+    if text_tower_kind(model) != 'causal': return False     # packing is exact only when attention is causal
+    blocks = getattr(text_parts(model).transformer, 'resblocks', None)
+    return bool(blocks) and all(isinstance(getattr(b, 'attn', None), nn.MultiheadAttention)
+                                and not hasattr(b, 'ln_1_kv') for b in blocks)
+
+def _encode_packed(model: nn.Module, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor,
+                   eot_row: torch.Tensor, eot_col: torch.Tensor) -> torch.Tensor:
+    "Text features (P, D) from packed token embeddings x (R, N, W) with position ids (R, N) and an additive mask (R*heads, N, N)."
+    t = text_parts(model)
+    x = x + t.positional_embedding[pos].to(x.dtype)        # (R, N, W)
+    x = t.transformer(x, attn_mask=mask)                   # (R, N, W)
+    x = t.ln_final(x[eot_row, eot_col])                    # (P, W): the [EOT] outputs
+    if t.text_projection is None: return x
+    if isinstance(t.text_projection, nn.Linear): return t.text_projection(x)
+    return x @ t.text_projection                          # (P, W) @ (W, D) -> (P, D)
+
+def _pack_buffers(model: nn.Module, layouts: list[list[int]], class_index: torch.Tensor, csc: bool, n_ctx: int,
+                  position: str, n_pos: int) -> dict[str, torch.Tensor]:
+    "The packing plan as tensors: prompts share rows, and the shared prefix is written once a row."
+    n_prefix = {'end': 1 + n_ctx, 'middle': 1 + n_ctx // 2, 'front': 1}[position]
+    lengths = [len(l) for l in layouts]
+    rows, row_len = _pack_plan(lengths, class_index.tolist() if csc else [0] * len(lengths), n_prefix, n_pos)
+    src_p, pos_p, allowed, row, col = _pack_index(rows, row_len, lengths, n_prefix, max(lengths))
+    heads = text_parts(model).transformer.resblocks[0].attn.num_heads
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, float('-inf'))           # (R, N, N) additive
+    return dict(pack_src=src_p, pack_pos=pos_p, pack_mask=mask.repeat_interleave(heads, 0),  # (R*heads, N, N)
+                pack_row=row, pack_col=col)

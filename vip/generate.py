@@ -22,7 +22,7 @@ __all__ = ['PLAIN_WORDS', 'NON_VISUAL', 'DIFFERENTIAL', 'Candidate', 'generate_c
            'generate_symptoms', 'PairTemplate', 'parse_differences', 'ask_differences', 'refine_additions',
            'differential_round']
 
-# %% ../nbs/03c_generate.ipynb #f57fb5e3
+# %% ../nbs/03c_generate.ipynb #e8886f38
 @dataclass
 class Candidate:
     "One candidate symptom with its history through the refine stage."
@@ -33,7 +33,6 @@ class Candidate:
     score: float | None = None   # separation score, once a CLIP ranked it
     dropped: str | None = None   # why refining dropped it; None while it is kept
 
-# %% ../nbs/03c_generate.ipynb #e8886f38
 def _check_answer(cls: str, text: str):
     "Raise a clear error when an answer holds no symptoms (so it is not cached)."
     if parse_symptoms(text): return
@@ -213,7 +212,7 @@ def kept_symptoms(candidates: dict[str, list[Candidate]], n: int | None = None) 
                   for x in kept]
     return out
 
-# %% ../nbs/03c_generate.ipynb #e69ae795
+# %% ../nbs/03c_generate.ipynb #fd825ec1
 @dataclass
 class GenerateOptions:
     "What shapes the symptoms that `generate_symptoms` makes (where the answers come from is the LLMClient's business)."
@@ -226,7 +225,6 @@ class GenerateOptions:
     glossary: dict | None = None         # medical term -> plain words; None uses PLAIN_WORDS
     n_ctx: int = 4                       # learned context tokens that every prompt must leave room for
 
-# %% ../nbs/03c_generate.ipynb #fd825ec1
 def _check_request(classes: list, modality: str, n: int, given):
     "Clear errors for the classes, n and the modality, before anything is asked."
     if not classes or len(set(classes)) != len(classes) or not all(isinstance(c, str) and c.strip() for c in classes):

@@ -212,7 +212,7 @@ def _api_error(e, server: str, model: str, timeout: float, max_retries: int) -> 
     return VipError(f'the LLM server {server} sent an answer that is not a chat completion '
                     f'({one_line(e)}): check that base_url points at an OpenAI-compatible /v1 API')
 
-# %% ../nbs/03a_llm.ipynb #21cd4c23
+# %% ../nbs/03a_llm.ipynb #024a5a0e
 def _utc_now() -> datetime: return datetime.now(timezone.utc)
 
 @dataclass
@@ -222,7 +222,6 @@ class Answer:
     date: str           # the day (UTC) it was received from the server; a cached answer keeps its day
     cached: bool        # whether it came from the cache
 
-# %% ../nbs/03a_llm.ipynb #024a5a0e
 def _chat_kwargs(model: str, messages: list[dict], temperature: float | None, json_answer: bool) -> dict:
     "The arguments of one chat completion request (no temperature: the server's default)."
     kw = dict(model=model, messages=messages)

@@ -57,7 +57,7 @@ def normalise_symptom(text: str) -> str:
     "Text for duplicate detection: lower case, no punctuation, no articles."
     return ' '.join(w for w in re.sub(r'[^\w\s]', ' ', text.casefold()).split() if w not in ('a', 'an', 'the'))
 
-# %% ../nbs/03_symptoms.ipynb #24365988
+# %% ../nbs/03_symptoms.ipynb #a87a8b50
 def _json_kind(x) -> str:
     "What a value of a JSON file is, in its author's words: 'a string', 'the number 3', 'a list', 'an object', 'null'."
     if x is None: return 'null'
@@ -66,7 +66,6 @@ def _json_kind(x) -> str:
     words = {str: 'a string', list: 'a list', tuple: 'a list', dict: 'an object'}
     return next((w for t, w in words.items() if isinstance(x, t)), f'of type {type(x).__name__}')
 
-# %% ../nbs/03_symptoms.ipynb #a87a8b50
 def _entry_text(entry, cls: str, j: int, what: str) -> str:
     "The prompt text of one symptom entry, or a clear error."
     if isinstance(entry, dict):
@@ -201,7 +200,8 @@ def plot_symptom_similarity(clip: Clip, symptoms: dict, ax=None, width: int = 38
     labels = [f'{c}: {t if len(t) <= width else t[:width - 1] + "…"}' for c, ts in texts.items() for t in ts]
     emb = encode_texts(clip, [f'{t}.' for ts in texts.values() for t in ts]).cpu()  # (P, D)
     sim = (emb @ emb.T).numpy()                                                     # (P, P)
-    if ax is None: _, ax = plt.subplots(figsize=(0.45 * len(labels) + 4, 0.45 * len(labels) + 1))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.45 * len(labels) + 4, 0.45 * len(labels) + 3), layout='constrained')
     im = ax.imshow(sim, cmap='magma', vmin=min(0.0, float(sim.min())), vmax=1.0)
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
@@ -213,7 +213,8 @@ def plot_symptom_similarity(clip: Clip, symptoms: dict, ax=None, width: int = 38
     for ts in list(texts.values())[:-1]:
         edge += len(ts)
         ax.axhline(edge - 0.5, color='cyan', lw=1.5); ax.axvline(edge - 0.5, color='cyan', lw=1.5)
-    ax.set_title(f'CLIP text similarity between symptoms ({clip.name}, {clip.pretrained or "random weights"})', fontsize=9)
+    weights = Path(clip.pretrained).name if clip.pretrained and Path(clip.pretrained).suffix else clip.pretrained
+    ax.set_title(f'CLIP text similarity between symptoms\n({clip.name}, {weights or "random weights"})', fontsize=9)
     ax.figure.colorbar(im, ax=ax, fraction=0.04)
     return ax
 
