@@ -58,7 +58,6 @@ POCKET_CONFIG = dict(
 DATA_SAMPLES = Path(vip.__file__).resolve().parents[1]/'data_samples'   # beside vip/ in a clone of the repository
 _BUNDLED = {POCKET: ('pocket-clip', POCKET_CONFIG, 'pocket_clip.safetensors')}  # name -> (architecture, config, file)
 
-# %% ../nbs/02_clip.ipynb #ad9459ed
 def bundled_file(name: str) -> Path:
     "Path of a file shipped in the repository's `data_samples/`, or a clear error when vip was installed without it."
     path = DATA_SAMPLES/name
@@ -84,7 +83,6 @@ def register_config(name: str, config: dict) -> str:
     open_clip.add_model_config(path)
     return name
 
-# %% ../nbs/02_clip.ipynb #7202092f
 TINY_BERT = 'vip-tiny-bert'
 HF_INSTALL = 'pip install "vip[hf]"'
 TINY_BERT_TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -225,7 +223,6 @@ class TextParts:
     attn_mask: torch.Tensor
     embed_dim: int
 
-# %% ../nbs/02_clip.ipynb #1b427fd1
 def _standard_tower(tower) -> bool:
     "Whether `tower` is the standard causal CLIP text transformer (EOT pooling, no class token)."
     return (tower is not None and all(hasattr(tower, a) for a in
@@ -233,7 +230,6 @@ def _standard_tower(tower) -> bool:
             and getattr(tower, 'attn_mask', None) is not None and getattr(tower, 'cls_emb', None) is None
             and getattr(tower, 'text_pool_type', getattr(tower, 'pool_type', 'argmax')) in ('argmax', 'eos'))
 
-# %% ../nbs/02_clip.ipynb #bccf0e55
 def text_parts(model: nn.Module) -> TextParts:
     "The pieces of a standard CLIP text tower inside an open_clip model, or a clear error."
     tower = model if hasattr(model, 'token_embedding') else getattr(model, 'text', None)

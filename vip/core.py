@@ -171,7 +171,14 @@ def figure_problems(fig, pad: float = 1.0) -> list[str]:
     from matplotlib.text import Text
     fig.canvas.draw()
     r, canvas = fig.canvas.get_renderer(), fig.bbox
-    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    hidden = {id(t) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)          # tick labels of axes turned off
+              if not (ax.axison and axis.get_visible()) for t in axis.findobj(Text)}
+    hidden |= {id(l) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)          # ticks beyond the axis range:
+               for lo, hi in [sorted(axis.get_view_interval())]                   # matplotlib makes them, never draws them
+               for t in axis.get_major_ticks() + axis.get_minor_ticks()
+               if t.get_loc() is None or not lo - 1e-9 * (hi - lo) <= t.get_loc() <= hi + 1e-9 * (hi - lo)
+               for l in (t.label1, t.label2)}
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in hidden]
     boxes = [(t.get_text().strip().replace('\n', ' ')[:40], t.get_window_extent(r).expanded(1, 1).padded(-pad)) for t in texts]
     out = [f'{a!r} overlaps {b!r}' for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
     out += [f'{a!r} falls outside the figure' for a, b in boxes

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #ef745aab
 from __future__ import annotations
-import json, os, random, re, warnings
+import json, os, random, re, textwrap, warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -167,7 +167,6 @@ def check_images(paths: list[Path], workers: int = 4, progress: bool = True) -> 
                         disable=not progress or len(paths) < 2000))
     return [r for r in res if r is not None]
 
-# %% ../nbs/01_data.ipynb #4d80e79b
 def _check_on_error(on_error: str):
     "Refuse an `on_error` other than 'raise' or 'skip'."
     if on_error not in ('raise', 'skip'): raise ValueError("on_error must be 'raise' or 'skip'")
@@ -197,7 +196,6 @@ def _class_map(folders: list[str], classes) -> dict[str, str]:
     check_classes(list(mapping), folders, what='folder')
     return mapping
 
-# %% ../nbs/01_data.ipynb #ed7ac272
 _LEFT_OUT = {  # what a class folder may hold besides images -> what to do about it ('' for nothing)
     'dot-file(s)': '',   # macOS ._name companions, .DS_Store and other hidden files: never images
     'with an unknown extension': f'convert the images among them to one of {"/".join(IMAGE_EXTS)}',
@@ -253,7 +251,6 @@ def _class_folders(root: Path, split: str) -> tuple[Path, list[str]]:
     if not folders: raise VipError(f'{folder} has no class folders: expected {folder}/<class>/<images>')
     return folder, folders
 
-# %% ../nbs/01_data.ipynb #7666ef1b
 def _folder_items(folder: Path, mapping: dict) -> tuple[list, dict]:
     "The (path, label) items of the class folders in `folder`, labelled in the order of `mapping`, and what was left out."
     items, other = [], {}
@@ -457,6 +454,6 @@ def show_samples(ds: ImageDataset, n: int = 4, seed: int = 0, size: float = 1.8)
             ax.set_xticks([]); ax.set_yticks([])
             for s in ax.spines.values(): s.set_visible(False)
             if j < len(pick): ax.imshow(load_image(ds.items[pick[j]][0]))
-            if j == 0: ax.set_ylabel(c, fontsize=11)
+            if j == 0: ax.set_ylabel(textwrap.fill(c, max(8, int(size * 72 / 6.6))), fontsize=11)   # wrapped to the row's height
     fig.tight_layout()
     return fig

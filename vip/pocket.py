@@ -40,7 +40,6 @@ def _smoothstep_edge(d, width):
     "1 inside (d<0), 0 outside, with a soft transition of `width` pixels."
     return 1.0 / (1.0 + np.exp(np.clip(d / max(width, 1e-3), -30, 30)))
 
-# %% ../nbs/02a_pocket.ipynb #541f69f1
 def _line(img, rng, colour, width=0.6, curve=True):
     "`img` with a thin line of `colour` between two random points, bent sideways when `curve`."
     x0, y0, x1, y1 = rng.uniform(0, SIZE, 4)
@@ -77,7 +76,6 @@ def _radius(theta, r0, shape, edges, rng):
             r = r * (1 + rng.uniform(0.05, 0.09) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)))
     return r
 
-# %% ../nbs/02a_pocket.ipynb #528104a9
 def _skin(rng, background=None):
     "A 64x64 skin-coloured picture with a little noise, and its colour `bg`."
     bg = np.array(background if background is not None else SKIN[rng.integers(len(SKIN))], np.float32)
@@ -153,7 +151,6 @@ def _hazy_cloud(rng, patch_pos):
     noise = _smooth_noise(rng, 4)
     return cloud * (0.6 + 0.6 * noise)
 
-# %% ../nbs/02a_pocket.ipynb #ad879dfc
 def _bright_base(img, rng, base, inside):
     "`img` with a bright region at the bottom whose upper edge is `'flat'` or `'curved'` (kept within `inside`)."
     level = rng.uniform(44, 54)
@@ -205,7 +202,6 @@ def _spine_and_ribs(img, lung, rng):
         img = img + m * lung * rng.uniform(0.04, 0.08)
     return img
 
-# %% ../nbs/02a_pocket.ipynb #69155d49
 def _chest_haze(img, rng, field, strong: bool):
     "`img` with a hazy patch in one `field`: a strong one (pneumonia-like) or, unless `strong`, a faint one."
     cx, cy, rx, ry, fm = field
@@ -261,7 +257,6 @@ _SPOT_PHRASES = {  # looks of a spot -> phrasings ({o} the spot word, {c}/{cs} c
     'size_small': ['a small {o}', 'the {o} is small'], 'size_large': ['a large {o}', 'the {o} is big'],
 }
 
-# %% ../nbs/02a_pocket.ipynb #909983b2
 _FIELD_PHRASES = {  # looks of a field scene -> phrasings
     'dark': ['a dark field', 'a dark background', 'a black, empty field', 'a dark picture'],
     'hazy': ['a hazy white patch', 'a cloudy bright patch', 'a soft white cloud', 'a blurry bright patch',
