@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .core import VipError, get_device, atomic_write
+from .core import VipError, get_device, atomic_write, save_figure
 from .train import TrainConfig, METHODS
 from .run import fit, evaluate_run, load_run, FitResult, RunInterrupted
 from .compare import compare, comparison_table
@@ -203,6 +203,7 @@ def _format_gpu(g: dict, header: str = '') -> str:
     lines.append('  CoCoOp, one step on cached features, peak: ' + ', '.join(f'batch {b}: {mib(m)}' for b, m in g['cocoop_peak_mib'].items()))
     return '\n'.join(lines)
 
+# %% ../nbs/12_cli.ipynb #3cd27d0f
 def bench_main(argv: list[str] | None = None) -> int:
     "The `vip_bench` command: time vip against the straightforward implementation and print median ratios."
     p = OneLineParser(prog='vip_bench', description='Time vip against the straightforward ViP '
@@ -405,7 +406,7 @@ def _picture_bytes(fig, fmt: str) -> bytes:
     "The figure `fig` as the bytes of a `fmt` file; the figure is closed."
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=150)
+    save_figure(fig, buf, format=fmt, dpi=150)
     plt.close(fig)
     return buf.getvalue()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from .core import VipError, get_device, make_run_dir, atomic_write, seed_everything
+from .core import VipError, get_device, make_run_dir, atomic_write, seed_everything, save_figure
 from .clip import load_clip
 from .train import TrainConfig, METHODS
 from .run import fit, run_caches
@@ -48,7 +48,7 @@ def compare(cfg: TrainConfig | None = None, seeds=(1, 2, 3), shots=(None,), meth
               'shots': [k or 'all' for k in shots], 'runs': runs, 'summary': summary,
               'images_encoded': encoded, 'image_forwards': forwards}
     atomic_write(folder/'table.txt', comparison_table(result) + '\n')
-    fig = plot_comparison(result); fig.savefig(folder/'comparison.png', dpi=110, bbox_inches='tight'); plt.close(fig)
+    fig = plot_comparison(result); save_figure(fig, folder/'comparison.png', dpi=110); plt.close(fig)
     result['seconds'] = time.time() - t0               # the whole comparison; 'other': loading, runs' files, plots
     result['seconds_split'] = split | {'other': result['seconds'] - sum(split.values())}
     atomic_write(folder/'compare.json', json.dumps(result, indent=1) + '\n')
@@ -66,7 +66,7 @@ def comparison_table(result: dict) -> str:
 def plot_comparison(result: dict, metric: str = 'accuracy', ax=None):
     "Mean ± std of `metric` against shots per class, one line per method."
     import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(6, 3.6))
+    if ax is None: _, ax = plt.subplots(figsize=(6.4, 3.6), layout='constrained')   # room for the legend on the right
     ks = list(result['summary'])
     xs = list(range(len(ks)))
     methods = list(next(iter(result['summary'].values())))
@@ -76,6 +76,7 @@ def plot_comparison(result: dict, metric: str = 'accuracy', ax=None):
         std = [100 * result['summary'][k][m][metric][1] for k in ks]
         ax.errorbar(xs, mean, yerr=std, marker='o', capsize=3, label=m, color=c, lw=2.2 if m == 'vip' else 1.2)
     ax.set_xticks(xs, ks); ax.set_xlabel('training images per class'); ax.set_ylabel(f'{metric} (%)')
-    ax.set_title(f"{result['dataset']}, {result['backbone']}: mean ± std over seeds {result['seeds']}")
+    ax.set_title(f"{result['dataset']}, {result['backbone']}\nmean ± std over seeds {', '.join(map(str, result['seeds']))}", fontsize=10)
     ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5)); ax.grid(alpha=0.3)
+    lo, hi = ax.get_ylim(); ax.set_yticks([t for t in ax.get_yticks() if lo <= t <= hi])   # none undrawn beyond the ends
     return ax.figure

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .core import (VipError, get_device, seed_everything, make_run_dir, check_run_name, atomic_write, check_classes,
-                      count_forwards)
+                      count_forwards, save_figure)
 from .data import load_splits, sample_k_shot, save_split, drop_unreadable, ImageDataset
 from .clip import Clip, load_clip
 from .symptoms import load_symptoms
@@ -28,7 +28,7 @@ from .train import (TrainConfig, METHODS, TRAINED, FITTED, build_method, method_
                        predict, load_checkpoint, parse_class_names, method_loop, dist_setup, broadcast, feature_cache, augmented_features)
 
 # %% auto #0
-__all__ = ['FitResult', 'RunData', 'prepare_run', 'RunInterrupted', 'fit_on_features', 'fit', 'run_caches', 'plot_history',
+__all__ = ['FitResult', 'RunData', 'prepare_run', 'fit_on_features', 'fit', 'run_caches', 'RunInterrupted', 'plot_history',
            'open_run', 'load_run', 'evaluate_run']
 
 # %% ../nbs/09a_run.ipynb #cfcdf421
@@ -75,56 +75,6 @@ def prepare_run(cfg: TrainConfig, check: bool = True) -> RunData:
     if cfg.shots: data['train'] = sample_k_shot(splits['train'], cfg.shots, cfg.seed)
     if cfg.val_shots: data['val'] = sample_k_shot(splits['val'], cfg.val_shots, cfg.seed)
     return RunData(cfg, splits, data, classes, symptoms)
-
-# %% ../nbs/09a_run.ipynb #6a9f19dd
-def _log(run_dir: Path | None, rank: int):
-    log = logging.getLogger('vip.train')
-    log.setLevel(logging.INFO); log.propagate = False
-    for h in list(log.handlers): log.removeHandler(h); h.close()
-    if run_dir is not None and rank == 0:
-        h = logging.FileHandler(run_dir/'train.log'); h.setFormatter(logging.Formatter('%(asctime)s %(message)s'))
-        log.addHandler(h)
-    return log
-
-def _start(cfg: TrainConfig | None, resume):
-    "The resolved config and the run folder: a new one (with config.json and split.json), or the one to resume."
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir/'config.json').is_file():
-            raise VipError(f'{run_dir} is not a vip run folder (no config.json): pass the folder a run created')
-        cfg = TrainConfig(**json.loads((run_dir/'config.json').read_text()))
-    cfg = (cfg or TrainConfig()).resolved().check()
-    if resume is None and cfg.name: check_run_name(cfg.out, cfg.name)         # before any work, not only at make_run_dir
-    return cfg, (Path(resume) if resume is not None else None)
-
-def _new_run_dir(rd: RunData, save: bool, rank: int, world: int) -> Path | None:
-    run_dir = make_run_dir(rd.cfg.out, rd.cfg.name) if (save and rank == 0) else None
-    run_dir = broadcast(run_dir, rank, world)
-    if run_dir is not None and rank == 0:
-        atomic_write(run_dir/'config.json', json.dumps(asdict(rd.cfg), indent=1) + '\n')
-        save_split(run_dir/'split.json', rd.data)
-    return run_dir
-
-class RunInterrupted(KeyboardInterrupt):
-    "Ctrl-C (or SIGTERM) during `fit`, with the run folder to resume (None when nothing was kept)."
-    def __init__(self, run_dir: Path | None): super().__init__(str(run_dir)); self.run_dir = run_dir
-
-def _remove_stale_tmp(run_dir: Path):
-    "Remove the temporary files that writers killed mid-write (kill -9) left in `run_dir`."
-    for p in run_dir.glob('.*.tmp'):
-        pid = p.name.rsplit('.', 2)[-2]
-        if not pid.isdigit() or int(pid) == os.getpid() or not _alive(int(pid)): p.unlink(missing_ok=True)
-
-def _alive(pid: int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    return True
-
-def _abandon(run_dir: Path | None, rank: int):
-    "After a failed start, remove the new run folder unless a checkpoint shows training began (it can be resumed)."
-    if run_dir is not None and rank == 0 and run_dir.is_dir() and not any(run_dir.glob('*-last.safetensors')):
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 # %% ../nbs/09a_run.ipynb #07b37f2f
 def fit_on_features(m: str, rd: RunData, clip: Clip, train: tuple, val: tuple) -> nn.Module:
@@ -226,6 +176,56 @@ def _fit(cfg, rd: RunData, clip: Clip, run_dir, rank, world, device, resume, sto
     log.info(f'done in {out.seconds:.1f} s ({out.image_forwards} images through the image encoder)')
     return out
 
+# %% ../nbs/09a_run.ipynb #6a9f19dd
+def _log(run_dir: Path | None, rank: int):
+    log = logging.getLogger('vip.train')
+    log.setLevel(logging.INFO); log.propagate = False
+    for h in list(log.handlers): log.removeHandler(h); h.close()
+    if run_dir is not None and rank == 0:
+        h = logging.FileHandler(run_dir/'train.log'); h.setFormatter(logging.Formatter('%(asctime)s %(message)s'))
+        log.addHandler(h)
+    return log
+
+def _start(cfg: TrainConfig | None, resume):
+    "The resolved config and the run folder: a new one (with config.json and split.json), or the one to resume."
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir/'config.json').is_file():
+            raise VipError(f'{run_dir} is not a vip run folder (no config.json): pass the folder a run created')
+        cfg = TrainConfig(**json.loads((run_dir/'config.json').read_text()))
+    cfg = (cfg or TrainConfig()).resolved().check()
+    if resume is None and cfg.name: check_run_name(cfg.out, cfg.name)         # before any work, not only at make_run_dir
+    return cfg, (Path(resume) if resume is not None else None)
+
+def _new_run_dir(rd: RunData, save: bool, rank: int, world: int) -> Path | None:
+    run_dir = make_run_dir(rd.cfg.out, rd.cfg.name) if (save and rank == 0) else None
+    run_dir = broadcast(run_dir, rank, world)
+    if run_dir is not None and rank == 0:
+        atomic_write(run_dir/'config.json', json.dumps(asdict(rd.cfg), indent=1) + '\n')
+        save_split(run_dir/'split.json', rd.data)
+    return run_dir
+
+class RunInterrupted(KeyboardInterrupt):
+    "Ctrl-C (or SIGTERM) during `fit`, with the run folder to resume (None when nothing was kept)."
+    def __init__(self, run_dir: Path | None): super().__init__(str(run_dir)); self.run_dir = run_dir
+
+def _remove_stale_tmp(run_dir: Path):
+    "Remove the temporary files that writers killed mid-write (kill -9) left in `run_dir`."
+    for p in run_dir.glob('.*.tmp'):
+        pid = p.name.rsplit('.', 2)[-2]
+        if not pid.isdigit() or int(pid) == os.getpid() or not _alive(int(pid)): p.unlink(missing_ok=True)
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def _abandon(run_dir: Path | None, rank: int):
+    "After a failed start, remove the new run folder unless a checkpoint shows training began (it can be resumed)."
+    if run_dir is not None and rank == 0 and run_dir.is_dir() and not any(run_dir.glob('*-last.safetensors')):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
 # %% ../nbs/09a_run.ipynb #7e22ddd1
 def plot_history(histories: dict[str, list[dict]]):
     "Training loss and accuracy (train and validation) per epoch, one line per method; returns the figure."
@@ -237,10 +237,18 @@ def plot_history(histories: dict[str, list[dict]]):
         axes[1].plot(e, [r['train_accuracy'] for r in h], ':', label=f'{m} (train)')
     axes[0].set_title('training loss'); axes[1].set_title('accuracy'); axes[1].legend(fontsize=7)
     for a in axes: a.set_xlabel('epoch')
+    fig.tight_layout()
+    for a in axes: _ticks_in_view(a)
     return fig
 
+def _ticks_in_view(ax):
+    "Keep only the ticks inside the axes' limits (matplotlib also places, undrawn, one beyond each end)."
+    lo, hi = ax.get_xlim(); ax.set_xticks([t for t in ax.get_xticks() if lo <= t <= hi])
+    lo, hi = ax.get_ylim(); ax.set_yticks([t for t in ax.get_yticks() if lo <= t <= hi])
+
 def _save(fig, path: Path):
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+    "Write `fig` to `path` (with a warning if its labels overlap or are cut off) and close it."
+    fig.tight_layout(); save_figure(fig, path, dpi=110); plt.close(fig)
 
 # %% ../nbs/09a_run.ipynb #fe022373
 def _write_results(run_dir: Path, res: FitResult, cfg: TrainConfig, histories: dict, results: dict, test_y, probs: dict, before):

@@ -32,8 +32,8 @@ from .visual_prompts import VPT, MaPLe, max_prompt_depth, VISUAL_PROMPT_RECIPES
 # %% auto #0
 __all__ = ['RECIPES', 'FEW_SHOT_EPOCHS', 'BUNDLED_DATA', 'METHODS', 'TRAINED', 'FITTED', 'option', 'TrainConfig',
            'config_methods', 'check_config', 'LoopConfig', 'lr_at', 'build_method', 'method_loop', 'method_options',
-           'save_checkpoint', 'load_checkpoint', 'dist_setup', 'broadcast', 'HeldInterrupts', 'dataset_features',
-           'feature_cache', 'predict', 'augmented_features', 'train_method', 'parse_class_names']
+           'dist_setup', 'broadcast', 'HeldInterrupts', 'dataset_features', 'feature_cache', 'predict',
+           'augmented_features', 'train_method', 'parse_class_names', 'save_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/09_train.ipynb #80083fb1
 RECIPES = {  # backbone -> the training recipe (paper, section 3; 'pocket' is the bundled teaching model)
@@ -75,7 +75,7 @@ class TrainConfig:
     method: str = option('vip', "one of METHODS, several joined by commas ('vip,coop'), or 'all'")
     n_ctx: int = option(4, 'M, learned context tokens')
     csc: bool = option(False, 'class-specific context (one set of M vectors per class)')
-    position: str = option('end', "where the context sits: 'end' (before the symptom), 'middle', 'front'")
+    position: str = option('end', "where the symptom sits among the context tokens: 'end' (context, then symptom; CoOp's default), 'middle', 'front'")
     ctx_init: str | None = option(None, "initialise the context from words, e.g. 'a photo of a' (then M = their tokens)")
     epochs: int | None = option(None, 'training epochs (paper: 50; VPT and MaPLe keep their recipe: 5 epochs of batch 4)')
     batch_size: int | None = option(None, 'images per step, over all GPUs (paper: 32 / 16 / 8)')
@@ -203,56 +203,6 @@ def method_options(cfg: TrainConfig) -> dict:
     "The options of `build_method` that a config sets."
     return dict(n_ctx=cfg.n_ctx, csc=cfg.csc, position=cfg.position, ctx_init=cfg.ctx_init, modality=cfg.modality,
                 precision=cfg.precision)
-
-# %% ../nbs/09_train.ipynb #0e451374
-def save_checkpoint(path: str | Path, module: PromptLearner, meta: dict, optimizer=None) -> Path:
-    "Write the learned state of `module` (and the optimiser's buffers) with JSON `meta` to a safetensors file."
-    tensors = {f'prompt.{n}': t.float().contiguous().cpu() for n, t in module.prompt_state_dict().items()}
-    if optimizer is not None:
-        names = {id(p): n for n, p in module.named_parameters() if p.requires_grad}
-        for p, st in optimizer.state.items():
-            for k, v in st.items():
-                if torch.is_tensor(v): tensors[f'optim.{names[id(p)]}.{k}'] = v.float().contiguous().cpu()
-        meta = meta | {'rng': _rng_state()}
-        tensors['rng.torch'] = torch.get_rng_state()
-    return atomic_write(path, save(tensors, metadata={'vip': json.dumps(meta)}))
-
-# %% ../nbs/09_train.ipynb #cd5d49bb
-def load_checkpoint(path: str | Path, module: PromptLearner, optimizer=None) -> dict:
-    "Load a checkpoint written by `save_checkpoint` into `module` (and `optimizer`); returns its meta."
-    path = Path(path)
-    if not path.is_file(): raise VipError(f'checkpoint {path} not found: check the run folder')
-    try:
-        with safe_open(str(path), framework='pt') as f:
-            meta = json.loads((f.metadata() or {}).get('vip', '{}'))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        fix = ('delete it, and --resume trains that method again from its first epoch' if path.name.endswith('-last.safetensors')
-               else 'train the run again (vip_train with the same options)')
-        raise VipError(f'checkpoint {path} cannot be read ({type(e).__name__}): it is damaged; {fix}') from None
-    got = {k[len('prompt.'):]: v for k, v in tensors.items() if k.startswith('prompt.')}
-    want = {n: tuple(p.shape) for n, p in module.named_parameters() if p.requires_grad}
-    diff = state_mismatch(want, {k: tuple(v.shape) for k, v in got.items()})
-    if diff: raise VipError(f'checkpoint {path} does not fit: the model expects other tensors ({diff}): use the same method and settings')
-    module.load_prompt_state_dict(got)
-    if optimizer is not None:
-        for n, p in module.named_parameters():
-            st = {k.split('.')[-1]: v.to(p.device) for k, v in tensors.items() if k.startswith(f'optim.{n}.')}
-            if st: optimizer.state[p] = st
-        if 'rng.torch' in tensors: torch.set_rng_state(tensors['rng.torch'])
-        if 'rng' in meta: _set_rng_state(meta['rng'])
-    return meta
-
-# %% ../nbs/09_train.ipynb #4f5ff925
-def _rng_state() -> dict:
-    st = np.random.get_state()
-    return {'python': [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-            'numpy': [st[0], st[1].tolist(), int(st[2]), int(st[3]), float(st[4])]}
-
-def _set_rng_state(s: dict):
-    v, state, gauss = s['python']
-    random.setstate((v, tuple(state), gauss))
-    n = s['numpy']; np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
 
 # %% ../nbs/09_train.ipynb #c38d8581
 def dist_setup(device: str):
@@ -478,3 +428,53 @@ def parse_class_names(spec: str | None) -> dict[str, str] | None:
     if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
         raise VipError(f"class_names {spec!r} is not of the form 'FOLDER=class name,FOLDER=class name'")
     return {a.strip(): b.strip() for a, b in pairs}
+
+# %% ../nbs/09_train.ipynb #0e451374
+def save_checkpoint(path: str | Path, module: PromptLearner, meta: dict, optimizer=None) -> Path:
+    "Write the learned state of `module` (and the optimiser's buffers) with JSON `meta` to a safetensors file."
+    tensors = {f'prompt.{n}': t.float().contiguous().cpu() for n, t in module.prompt_state_dict().items()}
+    if optimizer is not None:
+        names = {id(p): n for n, p in module.named_parameters() if p.requires_grad}
+        for p, st in optimizer.state.items():
+            for k, v in st.items():
+                if torch.is_tensor(v): tensors[f'optim.{names[id(p)]}.{k}'] = v.float().contiguous().cpu()
+        meta = meta | {'rng': _rng_state()}
+        tensors['rng.torch'] = torch.get_rng_state()
+    return atomic_write(path, save(tensors, metadata={'vip': json.dumps(meta)}))
+
+# %% ../nbs/09_train.ipynb #cd5d49bb
+def load_checkpoint(path: str | Path, module: PromptLearner, optimizer=None) -> dict:
+    "Load a checkpoint written by `save_checkpoint` into `module` (and `optimizer`); returns its meta."
+    path = Path(path)
+    if not path.is_file(): raise VipError(f'checkpoint {path} not found: check the run folder')
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            meta = json.loads((f.metadata() or {}).get('vip', '{}'))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        fix = ('delete it, and --resume trains that method again from its first epoch' if path.name.endswith('-last.safetensors')
+               else 'train the run again (vip_train with the same options)')
+        raise VipError(f'checkpoint {path} cannot be read ({type(e).__name__}): it is damaged; {fix}') from None
+    got = {k[len('prompt.'):]: v for k, v in tensors.items() if k.startswith('prompt.')}
+    want = {n: tuple(p.shape) for n, p in module.named_parameters() if p.requires_grad}
+    diff = state_mismatch(want, {k: tuple(v.shape) for k, v in got.items()})
+    if diff: raise VipError(f'checkpoint {path} does not fit: the model expects other tensors ({diff}): use the same method and settings')
+    module.load_prompt_state_dict(got)
+    if optimizer is not None:
+        for n, p in module.named_parameters():
+            st = {k.split('.')[-1]: v.to(p.device) for k, v in tensors.items() if k.startswith(f'optim.{n}.')}
+            if st: optimizer.state[p] = st
+        if 'rng.torch' in tensors: torch.set_rng_state(tensors['rng.torch'])
+        if 'rng' in meta: _set_rng_state(meta['rng'])
+    return meta
+
+# %% ../nbs/09_train.ipynb #4f5ff925
+def _rng_state() -> dict:
+    st = np.random.get_state()
+    return {'python': [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+            'numpy': [st[0], st[1].tolist(), int(st[2]), int(st[3]), float(st[4])]}
+
+def _set_rng_state(s: dict):
+    v, state, gauss = s['python']
+    random.setstate((v, tuple(state), gauss))
+    n = s['numpy']; np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
