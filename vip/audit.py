@@ -228,7 +228,7 @@ def plot_audit(a: Audit, wrap: int = 46, title: str | None = None):
         Line2D([], [], ls='', label=f'≈ j: redundant with symptom j (r > {a.max_corr})')]
     fig.legend(handles=handles, loc='outside lower center', ncols=3, fontsize=7.5, frameon=False)
     where = f'{a.info.get("symptom_file") or "symptoms"} on {sum(a.counts)} {a.info.get("data", "")} images'.replace('  ', ' ')
-    ax.set_title(title or f'Symptom audit: {where} ({a.info.get("clip", "CLIP")})', fontsize=9)
+    ax.set_title(textwrap.fill(title or f'Symptom audit: {where} ({a.info.get("clip", "CLIP")})', 70), fontsize=9)
     return fig
 
 # %% ../nbs/10b_audit.ipynb #f4bb50ec

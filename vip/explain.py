@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .core import VipError, atomic_write
+from .core import VipError, atomic_write, save_figure
 from .data import ImageDataset, load_image, to_rgb
 from .clip import DATA_SAMPLES
 
@@ -125,6 +125,17 @@ def explain_image(model, image, label: int | None = None, baseline: torch.Tensor
                             None if path is None else [path], baseline)[0]
 
 # %% ../nbs/10_explain.ipynb #0f5fcd33
+def _ticks_inside(ax, nbins: int = 5):
+    "Fix the x ticks of `ax` to at most `nbins` + 1 round numbers inside its limits, whatever size the layout gives it."
+    from matplotlib.ticker import MaxNLocator
+    lo, hi = sorted(ax.get_xlim())          # (matplotlib also keeps labelled, undrawn ticks beyond the limits)
+    ax.set_xticks([t for t in MaxNLocator(nbins).tick_values(lo, hi) if lo - 1e-9 <= t <= hi + 1e-9])
+
+def _fit_title(fig, text: str, fontsize: float = 10) -> str:
+    "`text` wrapped to nine tenths of the width of `fig` at `fontsize` (about 0.6 em a character)."
+    width = max(20, int(0.9 * fig.get_figwidth() * 72 / (0.6 * fontsize)))
+    return '\n'.join(textwrap.fill(t, width) for t in text.split('\n'))
+
 def _check_same_symptoms(weights: dict, other: dict, what: str):
     "Raise a `VipError` unless `other` has the same classes and symptom sentences as `weights`."
     key = lambda w: {c: [s for s, _ in v] for c, v in w.items()}
@@ -152,10 +163,10 @@ def plot_class_symptoms(weights: dict[str, list[tuple[str, float]]], before: dic
         for yy, v in zip(y - shift, w): ax.text(v + 0.01 * top, yy, f'{v:.2f}', va='center', fontsize=7)
         ax.set_yticks(y, [textwrap.fill(s, wrap) for s in names], fontsize=8)
         ax.set_ylim(S - 0.5, -0.5)                               # first symptom on top, equal row heights per panel
-        ax.set_xlim(0, top * 1.2)
+        ax.set_xlim(0, top * 1.2); _ticks_inside(ax)
         ax.set_title(c, fontsize=10); ax.set_xlabel('merge-prompt weight', fontsize=8)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc='outside lower center', ncols=3, fontsize=7, frameon=False)
-    if title: fig.suptitle(title, fontsize=10)
+    if title: fig.suptitle(_fit_title(fig, title), fontsize=10)
     return fig
 
 # %% ../nbs/10_explain.ipynb #37e14f15
@@ -168,8 +179,8 @@ def plot_evidence(ev: Evidence, image=None, k: int = 3, wrap: int = 44, title: s
     "The image, its class scores and probabilities, and its ranked symptom scores; the top `k` symptoms in words."
     import matplotlib.pyplot as plt
     P, C = len(ev.symptoms), len(ev.classes)
-    fig = plt.figure(figsize=(10.5, max(3.6, 0.42 * P + 1.4)), layout='constrained')
-    gs = fig.add_gridspec(2, 2, width_ratios=[1, 2.3], height_ratios=[2, max(1, 0.35 * C)])
+    fig = plt.figure(figsize=(10.5, max(3.6, 0.42 * P + 1.4, 0.45 * C + 3.4)), layout='constrained')
+    gs = fig.add_gridspec(2, 2, width_ratios=[1, 2.3], height_ratios=[2.2, 0.4 * C + 0.5])   # two lines per class
     ax_img, ax_cls, ax_sym = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[1, 0]), fig.add_subplot(gs[:, 1])
     img = _image_of(ev, image)
     if img is not None: ax_img.imshow(img)
@@ -191,8 +202,8 @@ def plot_evidence(ev: Evidence, image=None, k: int = 3, wrap: int = 44, title: s
     from matplotlib.patches import Patch
     ax_sym.legend(handles=[Patch(color=colour[c], label=f'a symptom of {c}') for c in ev.classes], fontsize=7,
                   loc='lower right')
-    head = textwrap.fill(ev.sentence(k), 110)
-    fig.suptitle(head if title is None else f'{title}\n{head}', fontsize=9)
+    _ticks_inside(ax_cls, 3); _ticks_inside(ax_sym, 6)
+    fig.suptitle(_fit_title(fig, ev.sentence(k) if title is None else f'{title}\n{ev.sentence(k)}', 9), fontsize=9)
     return fig
 
 # %% ../nbs/10_explain.ipynb #cff56849
@@ -226,7 +237,7 @@ def plot_gallery(evidence: list[Evidence], n: int = 4, k: int = 2, wrap: int = 3
             ax.set_xlabel('\n'.join(textwrap.fill(s, wrap, initial_indent='· ', subsequent_indent='  ')
                                     for s in e.top_symptoms(k)), fontsize=7)
             if j == 0: ax.set_ylabel(f'most confident {what}', fontsize=9)
-    if title: fig.suptitle(title, fontsize=10)
+    if title: fig.suptitle(_fit_title(fig, title), fontsize=10)
     return fig
 
 # %% ../nbs/10_explain.ipynb #3efbeece
@@ -375,7 +386,7 @@ def save_run_explanations(run_dir: str | Path, model, before: dict | None = None
     run_dir = Path(run_dir)
     if not run_dir.is_dir(): raise VipError(f'run folder {run_dir} not found: pass the folder vip_train wrote')
     fig = plot_class_symptoms(model.symptom_weights(), before, title=f'merge-prompt weights, {_dataset_title(run_dir)}')
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110); plt.close(fig)
+    buf = io.BytesIO(); save_figure(fig, buf, format='png', dpi=110); plt.close(fig)
     if before is not None:
         atomic_write(run_dir/'symptom_weights_before.json', json.dumps(
             {c: [[s, float(w)] for s, w in sw] for c, sw in before.items()}, indent=1) + '\n')

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from .core import VipError, atomic_write, check_classes
+from .core import VipError, atomic_write, check_classes, save_figure
 from .data import ImageDataset, load_splits
 from .symptoms import load_symptoms
 from .train import TrainConfig, build_method, dataset_features, feature_cache, parse_class_names
@@ -270,16 +270,18 @@ def plot_grounding(results: dict[str, dict], title: str | None = None, wrap: int
         _bars(ax, [r['auc'] for r in results[m]['symptoms']], np.arange(P) + shift, h, f'C{i}', name)
         pa = [results[m]['precision_at_1'][w] for w in which]
         _bars(bx, [p['precision'] for p in pa], np.arange(len(which)) + shift, h, f'C{i}', name, vertical=True)
-        for x, p in zip(np.arange(len(which)) + shift, pa):
-            bx.text(x, 0.02, f"{p['present']}/{p['present'] + p['absent']}", ha='center', fontsize=6,
-                    color='w' if (p['precision'] or 0) > 0.1 else '0.2')
+        for x, p in zip(np.arange(len(which)) + shift, pa):              # the counts: in the bar, or above a short one
+            tall = (p['precision'] or 0) > 0.2
+            bx.text(x, 0.02 if tall else (p['precision'] or 0) + 0.1, f"{p['present']}/{p['present'] + p['absent']}",
+                    ha='center', fontsize=6, color='w' if tall else '0.2')
             if p.get('chance') is not None: bx.hlines(p['chance'], x - h / 2, x + h / 2, color='k', lw=1.2)
     ax.axvline(0.5, color='0.3', lw=0.8, ls=':')
     ax.set_yticks(range(P), [textwrap.fill(f"{r['symptom']} ({r['class']})", wrap) for r in first], fontsize=8)
-    ax.set_ylim(P - 0.5, -0.5); ax.set_xlim(0, 1.1)
+    ax.set_ylim(P - 0.5, -0.5); ax.set_xlim(0, 1.1); ax.set_xticks(np.linspace(0, 1, 6))
     ax.set_xlabel('ROC AUC: symptom score against presence, over all images', fontsize=8)
     bx.set_xticks(range(len(which)), [f'of the {w}\nclass' for w in which], fontsize=8); bx.set_ylim(0, 1.12)
-    bx.set_title('precision@1: is the top symptom present?', fontsize=8)
+    bx.set_yticks(np.linspace(0, 1, 6))
+    bx.set_title('precision@1:\nis the top symptom present?', fontsize=8)
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     keys = [Patch(color=f'C{i}', label=METHOD_LABELS.get(m, m)) for i, m in enumerate(methods)]
@@ -380,7 +382,7 @@ def ground_run(run_dir: str | Path, model, attributes: str | None = 'auto', data
     path = _new_path(run_dir, name)
     atomic_write(path, json.dumps(out, indent=1) + '\n')
     fig = plot_grounding(methods, title=f"{out['dataset']}, {split} split: symptom scores against {table.name}")
-    fig.savefig(path.with_suffix('.png'), dpi=110); plt.close(fig)
+    save_figure(fig, path.with_suffix('.png'), dpi=110); plt.close(fig)
     return out | {'path': path}
 
 def format_grounding(out: dict) -> str:
