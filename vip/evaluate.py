@@ -8,6 +8,8 @@ import numpy as np
 import warnings
 from sklearn import metrics as skm
 
+from .core import VipError
+
 # %% auto #0
 __all__ = ['SCALARS', 'classification_metrics', 'summarize', 'format_table', 'plot_confusion', 'plot_roc']
 
@@ -83,15 +85,20 @@ def plot_confusion(cm, classes: list[str], ax=None, title: str = 'confusion matr
     return ax.figure
 
 # %% ../nbs/07_evaluate.ipynb #56ec6f45
-def plot_roc(y_true, probs, classes: list[str], ax=None, title: str = 'ROC'):
-    "ROC curve of each class against the rest (one curve for two classes), with its AUC in the legend."
+def plot_roc(y_true, probs, classes: list[str], ax=None, title: str = 'ROC', positive: str | list[str] | None = None):
+    "ROC curve of each class against the rest (or only of the class(es) named in `positive`), with its AUC in the legend."
     import matplotlib.pyplot as plt
     y_true, probs = np.asarray(y_true), np.asarray(probs)
-    if ax is None: _, ax = plt.subplots(figsize=(3.6, 3.4))
-    for i in ([1] if len(classes) == 2 else range(len(classes))):
-        if len(np.unique(y_true == i)) < 2: continue
+    names = list(classes) if positive is None else [positive] if isinstance(positive, str) else list(positive)
+    if unknown := [c for c in names if c not in classes]:
+        raise VipError(f'positive={unknown[0]!r} is not a class of this data: name one of {list(classes)}')
+    if ax is None: _, ax = plt.subplots(figsize=(3.8, 3.6), layout='constrained')
+    for c in names:
+        i = list(classes).index(c)
+        if len(np.unique(y_true == i)) < 2: continue                     # no curve without images of both kinds
         fpr, tpr, _ = skm.roc_curve(y_true == i, probs[:, i])
-        ax.plot(fpr, tpr, label=f'{classes[i]} (AUC {skm.auc(fpr, tpr):.2f})')
+        ax.plot(fpr, tpr, label=f'{c} (AUC {skm.auc(fpr, tpr):.2f})')
     ax.plot([0, 1], [0, 1], ':', color='gray')
-    ax.set_xlabel('1 - specificity'); ax.set_ylabel('sensitivity'); ax.set_title(title); ax.legend(fontsize=8)
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xticks=np.linspace(0, 1, 6), yticks=np.linspace(0, 1, 6), xlabel='1 - specificity', ylabel='sensitivity', title=title)
+    ax.legend(fontsize=8, loc='lower right')
     return ax.figure
