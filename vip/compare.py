@@ -23,7 +23,8 @@ __all__ = ['compare', 'comparison_table', 'plot_comparison']
 def compare(cfg: TrainConfig | None = None, seeds=(1, 2, 3), shots=(None,), methods=('all',), progress: bool = True,
             out: str | Path | None = None) -> dict:
     "Run `fit` for every seed and shot count; returns (and writes) per-run metrics and their mean ± std."
-    base = (cfg or TrainConfig()).resolved().check()
+    asked = cfg or TrainConfig()
+    base = asked.resolved().check()                   # each run resolves `asked` itself: the recipe depends on shots
     chosen = METHODS if 'all' in methods else tuple(methods)
     bad = [m for m in chosen if m not in METHODS]
     if bad: raise VipError(f'unknown method(s) {bad}: use {", ".join(METHODS)} or all')
@@ -34,8 +35,8 @@ def compare(cfg: TrainConfig | None = None, seeds=(1, 2, 3), shots=(None,), meth
     folder = make_run_dir(out or base.out, base.name)
     for k in shots:
         for seed in seeds:
-            c = TrainConfig(**(asdict(base) | {'seed': seed, 'shots': k, 'method': ','.join(chosen),
-                                               'out': str(folder), 'name': f'shots-{k or "all"}_seed-{seed}'}))
+            c = TrainConfig(**(asdict(asked) | {'seed': seed, 'shots': k, 'method': ','.join(chosen),
+                                                'out': str(folder), 'name': f'shots-{k or "all"}_seed-{seed}'}))
             res = fit(c, progress=progress, clip=clip, caches=caches)
             encoded, forwards = encoded + res.images_encoded, forwards + res.image_forwards
             for k_ in split: split[k_] += res.seconds_split[k_]

@@ -54,8 +54,8 @@ def strict(on: bool = True):
     global _strict
     _strict = on
 
-def check(name: str, test: Callable[[], Any]) -> bool:
-    "Run exercise `name`'s `test`, print right or not yet (and why), record and return whether it passed."
+def check(name: str, test: Callable[[], Any]) -> None:
+    "Run exercise `name`'s `test`, print right or not yet (and why), and record the verdict in `history`."
     try: note = test()
     except NotImplementedError: ok, why = False, 'Not answered yet: complete the answer cell above, then run this one.'
     except AssertionError as e: ok, why = False, str(e) or 'the answer does not match.'
@@ -64,4 +64,3 @@ def check(name: str, test: Callable[[], Any]) -> bool:
     history.append((name, ok))
     print(f'Exercise {name}: ' + (('right' + (f'. {why}' if why else '')) if ok else f'not yet. {why}'))
     if _strict and not ok: raise Wrong(f'exercise {name}: {why}')
-    return ok

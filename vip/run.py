@@ -236,6 +236,7 @@ def plot_history(histories: dict[str, list[dict]]):
         axes[1].plot(e, [r['val_accuracy'] for r in h], label=f'{m} (val)')
         axes[1].plot(e, [r['train_accuracy'] for r in h], ':', label=f'{m} (train)')
     axes[0].set_title('training loss'); axes[1].set_title('accuracy'); axes[1].legend(fontsize=7)
+    axes[0].set_ylabel('loss'); axes[1].set_ylabel('accuracy')
     for a in axes: a.set_xlabel('epoch')
     fig.tight_layout()
     for a in axes: _ticks_in_view(a)
@@ -248,7 +249,8 @@ def _ticks_in_view(ax):
 
 def _save(fig, path: Path):
     "Write `fig` to `path` (with a warning if its labels overlap or are cut off) and close it."
-    fig.tight_layout(); save_figure(fig, path, dpi=110); plt.close(fig)
+    if fig.get_layout_engine() is None: fig.tight_layout()     # a figure with a layout of its own keeps it
+    save_figure(fig, path, dpi=110); plt.close(fig)
 
 # %% ../nbs/09a_run.ipynb #fe022373
 def _write_results(run_dir: Path, res: FitResult, cfg: TrainConfig, histories: dict, results: dict, test_y, probs: dict, before):
