@@ -75,3 +75,11 @@ def test_the_notebook_rules_can_fail():
     assert unguarded(nb) == ['no `RUN_LONG = False` switch', 'cell 0: flagged slow but not behind RUN_LONG',
                              'cell 1: flagged llm but not behind RUN_LONG or OPENAI_API_KEY']
     assert unchecked_figures(nb) == ['cell 2']
+
+def test_readme_states_the_measured_main_job_time():
+    "The README's time of the main job is the one 09a_run measured and stored."
+    root = NBS[0].parents[1] if NBS[0].parent.name == 'tutorials' else NBS[0].parent
+    run = json.loads((root/'results'/'default_run.json').read_text())
+    readme = (root.parent/'README.md').read_text(encoding='utf-8')
+    assert f"took {run['seconds']:.0f} s on one thread" in readme
+    assert f"{run['seconds_split']['encode']:.0f} s encoding the images, {run['seconds_split']['train']:.0f} s training" in readme
