@@ -227,25 +227,19 @@ def _abandon(run_dir: Path | None, rank: int):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 # %% ../nbs/09a_run.ipynb #7e22ddd1
-def plot_history(histories: dict[str, list[dict]]):
-    "Training loss and accuracy (train and validation) per epoch, one line per method; returns the figure."
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+def plot_history(histories: dict[str, list[dict]], figsize=(11, 3.6)):
+    "Loss and accuracy per epoch, one colour per method (validation solid, training dotted); returns the figure."
+    fig, axes = plt.subplots(1, 2, figsize=figsize, layout='constrained')
     for m, h in histories.items():
         e = [r['epoch'] for r in h]
-        axes[0].plot(e, [r['loss'] for r in h], label=m)
-        axes[1].plot(e, [r['val_accuracy'] for r in h], label=f'{m} (val)')
-        axes[1].plot(e, [r['train_accuracy'] for r in h], ':', label=f'{m} (train)')
-    axes[0].set_title('training loss'); axes[1].set_title('accuracy'); axes[1].legend(fontsize=7)
-    axes[0].set_ylabel('loss'); axes[1].set_ylabel('accuracy')
+        line, = axes[0].plot(e, [r['loss'] for r in h], label=m)
+        axes[1].plot(e, [r['val_accuracy'] for r in h], color=line.get_color())
+        axes[1].plot(e, [r['train_accuracy'] for r in h], ':', color=line.get_color())
+    axes[0].set_title('training loss'); axes[1].set_title('accuracy (solid: validation, dotted: training)')
+    axes[0].set_ylabel('cross-entropy loss'); axes[1].set_ylabel('accuracy')
     for a in axes: a.set_xlabel('epoch')
-    fig.tight_layout()
-    for a in axes: _ticks_in_view(a)
+    fig.legend(loc='outside right upper', fontsize=8, title='method', title_fontsize=8)
     return fig
-
-def _ticks_in_view(ax):
-    "Keep only the ticks inside the axes' limits (matplotlib also places, undrawn, one beyond each end)."
-    lo, hi = ax.get_xlim(); ax.set_xticks([t for t in ax.get_xticks() if lo <= t <= hi])
-    lo, hi = ax.get_ylim(); ax.set_yticks([t for t in ax.get_yticks() if lo <= t <= hi])
 
 def _save(fig, path: Path):
     "Write `fig` to `path` (with a warning if its labels overlap or are cut off) and close it."
