@@ -79,5 +79,4 @@ def plot_comparison(result: dict, metric: str = 'accuracy', ax=None):
     ax.set_xticks(xs, ks); ax.set_xlabel('training images per class'); ax.set_ylabel(f'{metric} (%)')
     ax.set_title(f"{result['dataset']}, {result['backbone']}\nmean ± std over seeds {', '.join(map(str, result['seeds']))}", fontsize=10)
     ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5)); ax.grid(alpha=0.3)
-    lo, hi = ax.get_ylim(); ax.set_yticks([t for t in ax.get_yticks() if lo <= t <= hi])   # none undrawn beyond the ends
     return ax.figure

@@ -125,12 +125,6 @@ def explain_image(model, image, label: int | None = None, baseline: torch.Tensor
                             None if path is None else [path], baseline)[0]
 
 # %% ../nbs/10_explain.ipynb #0f5fcd33
-def _ticks_inside(ax, nbins: int = 5):
-    "Fix the x ticks of `ax` to at most `nbins` + 1 round numbers inside its limits, whatever size the layout gives it."
-    from matplotlib.ticker import MaxNLocator
-    lo, hi = sorted(ax.get_xlim())          # (matplotlib also keeps labelled, undrawn ticks beyond the limits)
-    ax.set_xticks([t for t in MaxNLocator(nbins).tick_values(lo, hi) if lo - 1e-9 <= t <= hi + 1e-9])
-
 def _fit_title(fig, text: str, fontsize: float = 10) -> str:
     "`text` wrapped to nine tenths of the width of `fig` at `fontsize` (about 0.6 em a character)."
     width = max(20, int(0.9 * fig.get_figwidth() * 72 / (0.6 * fontsize)))
@@ -147,6 +141,7 @@ def plot_class_symptoms(weights: dict[str, list[tuple[str, float]]], before: dic
                         title: str | None = None):
     "One bar chart per class of its merge-prompt weights (symptom sentences as labels), `before` as outlines."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     if before is not None: _check_same_symptoms(weights, before, 'the weights before training')
     classes, S = list(weights), max(len(v) for v in weights.values())
     top = max(w for v in [*weights.values(), *(before or {}).values()] for _, w in v)
@@ -163,7 +158,7 @@ def plot_class_symptoms(weights: dict[str, list[tuple[str, float]]], before: dic
         for yy, v in zip(y - shift, w): ax.text(v + 0.01 * top, yy, f'{v:.2f}', va='center', fontsize=7)
         ax.set_yticks(y, [textwrap.fill(s, wrap) for s in names], fontsize=8)
         ax.set_ylim(S - 0.5, -0.5)                               # first symptom on top, equal row heights per panel
-        ax.set_xlim(0, top * 1.2); _ticks_inside(ax)
+        ax.set_xlim(0, top * 1.2); ax.xaxis.set_major_locator(MaxNLocator(5))   # few ticks in narrow panels
         ax.set_title(c, fontsize=10); ax.set_xlabel('merge-prompt weight', fontsize=8)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc='outside lower center', ncols=3, fontsize=7, frameon=False)
     if title: fig.suptitle(_fit_title(fig, title), fontsize=10)
@@ -178,6 +173,7 @@ def _image_of(ev: Evidence, image=None):
 def plot_evidence(ev: Evidence, image=None, k: int = 3, wrap: int = 44, title: str | None = None):
     "The image, its class scores and probabilities, and its ranked symptom scores; the top `k` symptoms in words."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     P, C = len(ev.symptoms), len(ev.classes)
     fig = plt.figure(figsize=(10.5, max(3.6, 0.42 * P + 1.4, 0.45 * C + 3.4)), layout='constrained')
     gs = fig.add_gridspec(2, 2, width_ratios=[1, 2.3], height_ratios=[2.2, 0.4 * C + 0.5])   # two lines per class
@@ -202,7 +198,7 @@ def plot_evidence(ev: Evidence, image=None, k: int = 3, wrap: int = 44, title: s
     from matplotlib.patches import Patch
     ax_sym.legend(handles=[Patch(color=colour[c], label=f'a symptom of {c}') for c in ev.classes], fontsize=7,
                   loc='lower right')
-    _ticks_inside(ax_cls, 3); _ticks_inside(ax_sym, 6)
+    ax_cls.xaxis.set_major_locator(MaxNLocator(3)); ax_sym.xaxis.set_major_locator(MaxNLocator(6))
     fig.suptitle(_fit_title(fig, ev.sentence(k) if title is None else f'{title}\n{ev.sentence(k)}', 9), fontsize=9)
     return fig
 

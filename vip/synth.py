@@ -284,7 +284,7 @@ def compare_synth_attributes(name: str, root: str | Path = DATA_SAMPLES, seed: i
     return dict(files=len(_SPLITS), rows=rows, lines_off=off, first_off=first)
 
 # %% ../nbs/02b_synth.ipynb #5f757832
-_DERM_ATTRIBUTES = {  # derm-synth's map; derm5-synth shares its melanoma entries
+_DERM_ATTRIBUTES = {  # derm-synth's map; derm5-synth shares its melanoma entries and two nevus ones
     'melanoma': {
         'the spot is lopsided, not the same on both sides':
             dict(column='shape', present=['lopsided'], opposite='the spot is symmetric and round'),
@@ -338,11 +338,8 @@ SYNTH_SYMPTOM_ATTRIBUTES = {  # set -> class -> symptom (plain wording) -> the a
             'a plain gray spot': dict(column='colours', present=['gray'], opposite='the spot has several colours, like brown, black and blue'),
             'the spot is placed on the left or the right':
                 dict(column='position', present=['left', 'right'], opposite='the spot is placed in the middle')},
-        'nevus': {
-            'the spot is symmetric and round':
-                dict(column='shape', present=['symmetric'], opposite='the spot is lopsided, not the same on both sides'),
-            'the spot has smooth, clear edges':
-                dict(column='edges', present=['smooth'], opposite='the spot has jagged or blurry edges'),
+        'nevus': {**{s: _DERM_ATTRIBUTES['nevus'][s]                       # shape and edges: as in derm-synth
+                     for s in ('the spot is symmetric and round', 'the spot has smooth, clear edges')},
             'the spot has one even brown or tan colour':
                 dict(column='palette', present=['brown'], opposite='the spot has several colours, like brown, black and blue'),
             'the spot is even inside, with no dots':
