@@ -4,7 +4,7 @@
 
 # %% ../nbs/02a_pocket.ipynb #5acd1c3d
 from __future__ import annotations
-import json, math, time
+import hashlib, json, math, time
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,8 @@ from .clip import POCKET, DATA_SAMPLES, POCKET_CONFIG, Clip, encode_token_embedd
 # %% auto #0
 __all__ = ['SIZE', 'COLOURS', 'SKIN', 'POSITIONS', 'SPOT_WORDS', 'PHRASES', 'POS_WORDS', 'MEAN', 'STD', 'PROBES',
            'ABSENT_PHRASES', 'TWINS', 'draw_spot', 'draw_field', 'draw_chest', 'caption', 'sample_world_attrs',
-           'render', 'make_world', 'pretrain_pocket_clip', 'retrieval_accuracy', 'probe_auc', 'caption_pair',
-           'refine_pocket_clip']
+           'render', 'make_world', 'pictures_to_tensor', 'pocket_arch', 'pretrain_pocket_clip', 'retrieval_accuracy',
+           'probe_auc', 'caption_pair', 'refine_pocket_clip']
 
 # %% ../nbs/02a_pocket.ipynb #791777fa
 SIZE = 64
@@ -358,16 +358,21 @@ def make_world(n: int, seed: int = 0) -> tuple[list[dict], np.ndarray]:
 # %% ../nbs/02a_pocket.ipynb #57ad848e
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CLIP's normalisation
 
-def _to_tensor(pics: np.ndarray) -> torch.Tensor:
+def pictures_to_tensor(pics: np.ndarray) -> torch.Tensor:
+    "uint8 world pictures (B, 64, 64, 3) as the normalised float input (B, 3, 64, 64) of an image tower."
     x = torch.from_numpy(pics).permute(0, 3, 1, 2).float() / 255      # (B, 3, 64, 64)
     return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
 
-def _pocket_model(seed: int):
-    "A freshly initialised pocket CLIP (torch seeded with `seed`) in training mode, and its tokenizer."
+def pocket_arch(config: dict | None = None) -> str:
+    "The open_clip architecture name of the pocket CLIP (or of another `config`), registered on first use."
+    if config is None: return register_config('pocket-clip', POCKET_CONFIG)
+    return register_config('pocket-' + hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8], config)
+
+def _pocket_model(seed: int, config: dict | None = None):
+    "A fresh pocket CLIP (or architecture `config`), torch seeded with `seed`, in training mode, and its tokenizer."
     torch.manual_seed(seed)
-    register_config('pocket-clip', POCKET_CONFIG)
-    model = open_clip.create_model('pocket-clip', pretrained=None)
-    return model, open_clip.get_tokenizer('pocket-clip')
+    name = pocket_arch(config)
+    return open_clip.create_model(name, pretrained=None), open_clip.get_tokenizer(name)
 
 # %% ../nbs/02a_pocket.ipynb #c7f30415
 def _optimizer(model, lr: float, steps: int, warm: int = 100):
@@ -381,17 +386,17 @@ def _contrastive_loss(model, tok, loss_fn, captions: list[str], pics: np.ndarray
     "CLIP's symmetric loss on a batch of pictures (B, 64, 64, 3) and their captions."
     ids = tok(captions).to(device)                                     # (B, 77)
     eot = ids.argmax(-1); L = int(eot.max()) + 1
-    img_f = F.normalize(model.encode_image(_to_tensor(pics).to(device)), dim=-1)                        # (B, D)
+    img_f = F.normalize(model.encode_image(pictures_to_tensor(pics).to(device)), dim=-1)                        # (B, D)
     txt_f = F.normalize(encode_token_embeddings(model, model.token_embedding(ids[:, :L]), eot), dim=-1)  # (B, D)
     return loss_fn(img_f, txt_f, model.logit_scale.exp())
 
 # %% ../nbs/02a_pocket.ipynb #99b91c65
 def pretrain_pocket_clip(out: str | Path, steps: int = 1400, batch_size: int = 256, n_world: int = 40_000,
                          lr: float = 5e-4, seed: int = 0, log_every: int = 100, scale: float | None = 100.0,
-                         device: str = 'auto') -> Path:
-    "Train the pocket CLIP on the picture world from scratch; save it as float16 safetensors, its logit scale set to `scale`."
+                         device: str = 'auto', config: dict | None = None) -> Path:
+    "Train the pocket CLIP (or architecture `config`) on the picture world; save it as float16 safetensors at logit scale `scale`."
     device = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
-    model, tok = _pocket_model(seed)
+    model, tok = _pocket_model(seed, config)
     model.to(device)
     attrs, pics = make_world(n_world, seed)
     opt, sched = _optimizer(model, lr, steps)
@@ -421,7 +426,7 @@ def _save_pocket(model, out: str | Path, scale: float | None) -> Path:
 # %% ../nbs/02a_pocket.ipynb #9d1dafd8
 def _image_features(clip: Clip, pics: np.ndarray) -> torch.Tensor:
     "Normalised image features (B, D) of uint8 world pictures (B, 64, 64, 3)."
-    return F.normalize(clip.model.encode_image(_to_tensor(pics).to(clip.device)).float(), dim=-1)
+    return F.normalize(clip.model.encode_image(pictures_to_tensor(pics).to(clip.device)).float(), dim=-1)
 
 @torch.no_grad()
 def retrieval_accuracy(clip: Clip, n: int = 1000, group: int = 100, seed: int = 12345) -> dict[str, float]:
@@ -554,7 +559,7 @@ def _twin_loss(model, tok, captions: list[str], twins: list[str], pics: np.ndarr
     "CLIP's symmetric loss, with the twin captions as extra wrong captions for the pictures (B, 64, 64, 3)."
     ids = tok(captions + twins).to(device)                                # (B + T, 77)
     eot = ids.argmax(-1); L = int(eot.max()) + 1
-    img = F.normalize(model.encode_image(_to_tensor(pics).to(device)), dim=-1)                       # (B, D)
+    img = F.normalize(model.encode_image(pictures_to_tensor(pics).to(device)), dim=-1)                       # (B, D)
     txt = F.normalize(encode_token_embeddings(model, model.token_embedding(ids[:, :L]), eot), dim=-1)  # (B + T, D)
     scale, target = model.logit_scale.exp(), torch.arange(len(pics), device=device)
     to_text = scale * img @ txt.T                              # (B, B + T): each picture against all captions and twins
