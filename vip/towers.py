@@ -10,14 +10,13 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
-from .clip import POCKET_CONFIG, Clip, register_config
+from .clip import POCKET_CONFIG
 from .pocket import PROBES, make_world, pictures_to_tensor, pocket_arch
 
 # %% auto #0
-__all__ = ['SPOT_LOOKS', 'RESNET_CONFIG', 'TOWERS', 'look_labels', 'tower_probe', 'load_pocket_file']
+__all__ = ['SPOT_LOOKS', 'RESNET_CONFIG', 'TOWERS', 'look_labels', 'tower_probe']
 
 # %% ../nbs/02c_towers.ipynb #06c224ac
 SPOT_LOOKS = tuple(look for look, (_, _, kind, _) in PROBES.items() if kind == 'spot')
@@ -40,8 +39,7 @@ def tower_probe(config: dict, steps: int = 800, batch_size: int = 64, lr: float 
     "Train the image tower of open_clip `config` from scratch on the spot looks; held-out AUC per look as it learns."
     device = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
     torch.manual_seed(seed)
-    name = register_config(f"probe-{config['vision_cfg'].get('patch_size', 'rn')}-{config['vision_cfg']['width']}", config)
-    tower = open_clip.create_model(name, pretrained=None).visual.to(device).train()
+    tower = open_clip.create_model(pocket_arch(config), pretrained=None).visual.to(device).train()
     head = torch.nn.Linear(config['embed_dim'], len(SPOT_LOOKS)).to(device)
     attrs, pics = make_world(n, seed + 5)
     spots = [i for i, a in enumerate(attrs) if a['kind'] == 'spot']
@@ -62,12 +60,3 @@ def tower_probe(config: dict, steps: int = 800, batch_size: int = 64, lr: float 
 # %% ../nbs/02c_towers.ipynb #b500334d
 RESNET_CONFIG = dict(POCKET_CONFIG, vision_cfg=dict(image_size=64, layers=[1, 1, 1, 1], width=16, head_width=32))
 TOWERS = {'ViT (the pocket CLIP)': POCKET_CONFIG, 'small ResNet': RESNET_CONFIG}
-
-# %% ../nbs/02c_towers.ipynb #8e50d20b
-def load_pocket_file(file, config: dict) -> Clip:
-    "A frozen `Clip` of architecture `config` with the weights `file` written by `pretrain_pocket_clip(config=config)`."
-    from_file = {k: v.float() for k, v in load_file(str(file)).items()}
-    name = pocket_arch(config)
-    model = open_clip.create_model(name, pretrained=None)
-    model.load_state_dict(from_file); model.eval().requires_grad_(False)
-    return Clip(model, None, None, open_clip.get_tokenizer(name), name, str(file))
