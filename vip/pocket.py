@@ -569,11 +569,11 @@ def _twin_loss(model, tok, captions: list[str], twins: list[str], pics: np.ndarr
 # %% ../nbs/02a_pocket.ipynb #bf83a32b
 def refine_pocket_clip(init: str | Path, out: str | Path, steps: int = 500, batch_size: int = 128, n_world: int = 40_000,
                        lr: float = 1e-3, scale: float = 100.0, seed: int = 0, log_every: int = 100, device: str = 'auto',
-                       check=None) -> Path:
-    "Stage 2: train the stage-1 CLIP at `init` with absence phrases, twin captions and its logit scale fixed at `scale`."
+                       check=None, config: dict | None = None) -> Path:
+    "Stage 2: train the stage-1 CLIP at `init` (architecture `config`, default the pocket CLIP) with absence phrases, twin captions and its logit scale fixed at `scale`."
     from safetensors.torch import load_file
     device = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
-    model, tok = _pocket_model(seed)
+    model, tok = _pocket_model(seed, config)
     model.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()})
     model.logit_scale.data.fill_(math.log(scale))                        # kept there: see below
     model.to(device).train()

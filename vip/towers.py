@@ -10,13 +10,16 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from .clip import POCKET_CONFIG
+from .clip import DATA_SAMPLES, POCKET_CONFIG, Clip, encode_texts
 from .pocket import PROBES, make_world, pictures_to_tensor, pocket_arch
+from .synth import load_symptom_attributes, symptom_present, synth_attributes, synth_files, synth_picture
 
 # %% auto #0
-__all__ = ['SPOT_LOOKS', 'RESNET_CONFIG', 'TOWERS', 'look_labels', 'tower_probe']
+__all__ = ['SPOT_LOOKS', 'RESNET_CONFIG', 'TOWERS', 'look_labels', 'tower_probe', 'readout_auc', 'set_pictures', 'sentence_auc',
+           'symptom_probes']
 
 # %% ../nbs/02c_towers.ipynb #06c224ac
 SPOT_LOOKS = tuple(look for look, (_, _, kind, _) in PROBES.items() if kind == 'spot')
@@ -60,3 +63,50 @@ def tower_probe(config: dict, steps: int = 800, batch_size: int = 64, lr: float 
 # %% ../nbs/02c_towers.ipynb #b500334d
 RESNET_CONFIG = dict(POCKET_CONFIG, vision_cfg=dict(image_size=64, layers=[1, 1, 1, 1], width=16, head_width=32))
 TOWERS = {'ViT (the pocket CLIP)': POCKET_CONFIG, 'small ResNet': RESNET_CONFIG}
+
+# %% ../nbs/02c_towers.ipynb #02918988
+@torch.no_grad()
+def _features(clip: Clip, pics: np.ndarray, chunk: int = 500) -> np.ndarray:
+    "Normalised image features (n, D) of uint8 world pictures (n, 64, 64, 3), `chunk` at a time."
+    return torch.cat([F.normalize(clip.model.encode_image(pictures_to_tensor(pics[s:s + chunk]).to(clip.device)).float(), dim=-1)
+                      for s in range(0, len(pics), chunk)]).cpu().numpy()
+
+def readout_auc(clip: Clip, n_fit: int = 2000, n: int = 1500, seed: int = 12345, fit_seed: int = 777) -> dict[str, float]:
+    "Held-out ROC AUC of a logistic regression from `clip`'s frozen image features to each `PROBES` look."
+    (fa, fp), (ta, tp) = make_world(n_fit, fit_seed), make_world(n, seed)
+    xf, xt, out = _features(clip, fp), _features(clip, tp), {}
+    for look, (_, _, kind, there) in PROBES.items():
+        fi, ti = [i for i, a in enumerate(fa) if a['kind'] == kind], [i for i, a in enumerate(ta) if a['kind'] == kind]
+        fit = LogisticRegression(C=10, max_iter=3000).fit(xf[fi], [bool(there(fa[i])) for i in fi])
+        out[look] = round(float(roc_auc_score([bool(there(ta[i])) for i in ti], fit.decision_function(xt[ti]))), 3)
+    return out
+
+# %% ../nbs/02c_towers.ipynb #6e5fff9d
+def set_pictures(name: str, seed: int = 99, splits=('train', 'test')) -> tuple[list[dict], np.ndarray]:
+    "Attribute rows and uint8 pictures (n, 64, 64, 3) of synthetic set `name` drawn with `seed` (held out for seed != 0)."
+    rows, pics = [], []
+    for split in splits:
+        rows += synth_attributes(name, split, seed)
+        pics += [synth_picture(name, s, i, label, seed) for s, _, i, label, _ in synth_files(name) if s == split]
+    return rows, np.stack(pics)
+
+@torch.no_grad()
+def sentence_auc(clip: Clip, features: np.ndarray, present, sentence: str, opposite: str) -> float | None:
+    "ROC AUC of each picture's similarity to `sentence` minus `opposite` (image features (n, D)) against `present` (n,)."
+    y = np.asarray(present, dtype=bool)
+    if y.all() or not y.any(): return None                        # no AUC without pictures on both sides
+    t = encode_texts(clip, [sentence, opposite]).float().cpu().numpy()                    # (2, D)
+    return round(float(roc_auc_score(y, features @ (t[0] - t[1]))), 3)
+
+def symptom_probes(clip: Clip, name: str, seed: int = 99) -> list[dict]:
+    "Each symptom of `name`'s attribute file against its opposite, on held-out pictures of the set: AUC, counts."
+    amap = load_symptom_attributes(DATA_SAMPLES/'symptoms'/f'{name}_attributes.json')['symptoms']
+    rows, pics = set_pictures(name, seed)
+    feats, out, seen = _features(clip, pics), [], set()
+    for cls, entries in amap.items():
+        for text, e in entries.items():
+            if 'opposite' not in e or frozenset((text, e['opposite'])) in seen: continue
+            seen.add(frozenset((text, e['opposite']))); y = [symptom_present(e, r) for r in rows]
+            out.append(dict(cls=cls, symptom=text, opposite=e['opposite'], auc=sentence_auc(clip, feats, y, text, e['opposite']),
+                            present=sum(y), images=len(y)))
+    return out
