@@ -21,8 +21,8 @@ from .clip import POCKET, DATA_SAMPLES, POCKET_CONFIG, Clip, encode_token_embedd
 # %% auto #0
 __all__ = ['SIZE', 'COLOURS', 'SKIN', 'POSITIONS', 'SPOT_WORDS', 'PHRASES', 'POS_WORDS', 'MEAN', 'STD', 'PROBES',
            'ABSENT_PHRASES', 'TWINS', 'draw_spot', 'draw_field', 'draw_chest', 'caption', 'sample_world_attrs',
-           'render', 'make_world', 'pictures_to_tensor', 'pocket_arch', 'pretrain_pocket_clip', 'retrieval_accuracy',
-           'probe_auc', 'caption_pair', 'refine_pocket_clip']
+           'render', 'make_world', 'pictures_to_tensor', 'pocket_arch', 'pretrain_pocket_clip', 'image_features',
+           'retrieval_accuracy', 'probe_auc', 'caption_pair', 'refine_pocket_clip']
 
 # %% ../nbs/02a_pocket.ipynb #791777fa
 SIZE = 64
@@ -424,9 +424,11 @@ def _save_pocket(model, out: str | Path, scale: float | None) -> Path:
     return atomic_write(out, save(sd, metadata=meta))
 
 # %% ../nbs/02a_pocket.ipynb #9d1dafd8
-def _image_features(clip: Clip, pics: np.ndarray) -> torch.Tensor:
-    "Normalised image features (B, D) of uint8 world pictures (B, 64, 64, 3)."
-    return F.normalize(clip.model.encode_image(pictures_to_tensor(pics).to(clip.device)).float(), dim=-1)
+def image_features(clip: Clip, pics: np.ndarray, chunk: int | None = None) -> torch.Tensor:
+    "Normalised image features (B, D) of uint8 pictures (B, 64, 64, 3), `chunk` at a time (None: all at once)."
+    step = chunk or max(1, len(pics))
+    return torch.cat([F.normalize(clip.model.encode_image(pictures_to_tensor(pics[s:s + step]).to(clip.device)).float(), dim=-1)
+                      for s in range(0, len(pics), step)])
 
 @torch.no_grad()
 def retrieval_accuracy(clip: Clip, n: int = 1000, group: int = 100, seed: int = 12345) -> dict[str, float]:
@@ -436,7 +438,7 @@ def retrieval_accuracy(clip: Clip, n: int = 1000, group: int = 100, seed: int = 
     caps = [caption(a, rng) for a in attrs]
     i2t = t2i = 0
     for s in range(0, n, group):
-        img = _image_features(clip, pics[s:s + group])                      # (G, D)
+        img = image_features(clip, pics[s:s + group])                      # (G, D)
         sim = img @ encode_texts(clip, caps[s:s + group]).T                  # (G, G)
         target = torch.arange(sim.shape[0], device=sim.device)
         i2t += (sim.argmax(1) == target).sum().item(); t2i += (sim.argmax(0) == target).sum().item()
@@ -463,7 +465,7 @@ def probe_auc(clip: Clip, n: int = 1500, seed: int = 12345, cache: bool = True) 
     "Zero-shot ROC AUC of each `PROBES` look on held-out world pictures: its sentence's similarity minus the opposite's."
     # cache=False for a model that is still training: its text features change at every step
     attrs, pics = make_world(n, seed)
-    img = _image_features(clip, pics)                                        # (n, D)
+    img = image_features(clip, pics)                                        # (n, D)
     out = {}
     for look, (text, opposite, kind, there) in PROBES.items():
         keep = [i for i, a in enumerate(attrs) if a['kind'] == kind]

@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from .clip import DATA_SAMPLES, POCKET_CONFIG, Clip, encode_texts
-from .pocket import PROBES, make_world, pictures_to_tensor, pocket_arch
+from .pocket import PROBES, image_features, make_world, pictures_to_tensor, pocket_arch
 from .synth import load_symptom_attributes, symptom_present, synth_attributes, synth_files, synth_picture
 
 # %% auto #0
@@ -66,10 +66,9 @@ TOWERS = {'ViT (the pocket CLIP)': POCKET_CONFIG, 'small ResNet': RESNET_CONFIG}
 
 # %% ../nbs/02c_towers.ipynb #02918988
 @torch.no_grad()
-def _features(clip: Clip, pics: np.ndarray, chunk: int = 500) -> np.ndarray:
-    "Normalised image features (n, D) of uint8 world pictures (n, 64, 64, 3), `chunk` at a time."
-    return torch.cat([F.normalize(clip.model.encode_image(pictures_to_tensor(pics[s:s + chunk]).to(clip.device)).float(), dim=-1)
-                      for s in range(0, len(pics), chunk)]).cpu().numpy()
+def _features(clip: Clip, pics: np.ndarray) -> np.ndarray:
+    "`image_features` of uint8 pictures (n, 64, 64, 3) as an (n, D) array, 500 at a time."
+    return image_features(clip, pics, chunk=500).cpu().numpy()
 
 def readout_auc(clip: Clip, n_fit: int = 2000, n: int = 1500, seed: int = 12345, fit_seed: int = 777) -> dict[str, float]:
     "Held-out ROC AUC of a logistic regression from `clip`'s frozen image features to each `PROBES` look."
